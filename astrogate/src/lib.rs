@@ -1,0 +1,2 @@
+//! Astrogate: a gateway that routes TCP connections by the hostname their first bytes name.
+pub mod sniff;

@@ -1,0 +1,98 @@
+//! A bounded reader over a byte slice. Every read is checked: running off the end means the
+//! input is incomplete, never an out-of-bounds index.
+
+/// The input ended before the value being read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Short;
+
+#[derive(Debug, Clone)]
+pub struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    /// Bytes consumed so far.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.remaining() == 0
+    }
+
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], Short> {
+        let end = self.pos.checked_add(n).ok_or(Short)?;
+        let out = self.buf.get(self.pos..end).ok_or(Short)?;
+        self.pos = end;
+        Ok(out)
+    }
+
+    pub fn skip(&mut self, n: usize) -> Result<(), Short> {
+        self.take(n).map(|_| ())
+    }
+
+    pub fn u8(&mut self) -> Result<u8, Short> {
+        Ok(self.take(1)?[0])
+    }
+
+    pub fn u16(&mut self) -> Result<u16, Short> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    pub fn u24(&mut self) -> Result<u32, Short> {
+        let b = self.take(3)?;
+        Ok(u32::from_be_bytes([0, b[0], b[1], b[2]]))
+    }
+
+    /// Reads a length-prefixed (u8) block and returns a cursor over it.
+    pub fn block8(&mut self) -> Result<Cursor<'a>, Short> {
+        let len = self.u8()?;
+        Ok(Cursor::new(self.take(usize::from(len))?))
+    }
+
+    /// Reads a length-prefixed (u16) block and returns a cursor over it.
+    pub fn block16(&mut self) -> Result<Cursor<'a>, Short> {
+        let len = self.u16()?;
+        Ok(Cursor::new(self.take(usize::from(len))?))
+    }
+
+    /// The unread rest of the input.
+    pub fn rest(&self) -> &'a [u8] {
+        &self.buf[self.pos..]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_are_bounded() {
+        let mut c = Cursor::new(&[1, 0, 2, 9]);
+        assert_eq!(c.u8(), Ok(1));
+        assert_eq!(c.u16(), Ok(2));
+        assert_eq!(c.u16(), Err(Short));
+        assert_eq!(c.position(), 3);
+        assert_eq!(c.take(usize::MAX), Err(Short));
+        assert_eq!(c.rest(), &[9]);
+    }
+
+    #[test]
+    fn blocks_do_not_read_past_their_length() {
+        let mut c = Cursor::new(&[2, 7, 8, 9]);
+        let mut inner = c.block8().unwrap();
+        assert_eq!(inner.take(2), Ok(&[7u8, 8][..]));
+        assert_eq!(inner.u8(), Err(Short));
+        assert_eq!(c.u8(), Ok(9));
+    }
+}

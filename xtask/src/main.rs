@@ -1,0 +1,93 @@
+//! `cargo xtask`: the one entry point for setting up a machine, building, running and testing.
+//!
+//! Every command that builds calls `setup` first, so a fresh machine of the supported kind needs
+//! nothing but this repository.
+mod ebpf;
+mod setup;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test Astrogate")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what this machine lacks: apt packages, nightly rust-src and bpf-linker.
+    /// Idempotent: a second run only checks, and takes seconds.
+    Setup,
+    /// Build the eBPF programs (nightly, build-std=core, bpf-linker) into target/ebpf/.
+    BuildEbpf,
+    /// Set up, build the eBPF programs, then build the daemon and tunnel client (release).
+    Build,
+    /// Build, then run the gateway in the foreground on config/astrogate.toml.
+    Run {
+        /// Config file to run with.
+        #[arg(long, default_value = "config/astrogate.toml")]
+        config: String,
+        /// Extra arguments passed to `astrogate run`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, and run the whole test suite (unit, integration, fuzz smoke).
+    Test {
+        /// Seconds each fuzz target runs in the smoke pass; 0 skips it.
+        #[arg(long, default_value_t = 15)]
+        fuzz_seconds: u32,
+        /// Extra arguments passed to `cargo test` (for example a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run every cargo-fuzz target for a while and report executions per target.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = util::workspace_root()?;
+    match cli.command {
+        Command::Setup => setup::run(&root, setup::Scope::Everything),
+        Command::BuildEbpf => {
+            setup::run(&root, setup::Scope::EbpfToolchain)?;
+            ebpf::build(&root).map(|_| ())
+        }
+        Command::Build => build(&root),
+        Command::Run { config, args } => {
+            build(&root)?;
+            let bin = root.join("target/release/astrogate");
+            let mut cmd = std::process::Command::new(bin);
+            cmd.arg("run").arg("--config").arg(config).args(args);
+            util::exec(cmd)
+        }
+        Command::Test { fuzz_seconds, args } => {
+            setup::run(&root, setup::Scope::Everything)?;
+            ebpf::build(&root)?;
+            util::cargo(&root, &["test", "--workspace", "--release"], &args)?;
+            if fuzz_seconds > 0 {
+                fuzz::run(&root, fuzz_seconds)?;
+            }
+            Ok(())
+        }
+        Command::Fuzz { seconds } => {
+            setup::run(&root, setup::Scope::Everything)?;
+            fuzz::run(&root, seconds)
+        }
+    }
+}
+
+fn build(root: &std::path::Path) -> Result<()> {
+    setup::run(root, setup::Scope::Everything)?;
+    ebpf::build(root)?;
+    util::cargo(root, &["build", "--release", "--workspace", "--bins"], &[])
+}
+
+mod fuzz;

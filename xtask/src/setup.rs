@@ -1,0 +1,212 @@
+//! Idempotent machine setup. Each step checks before it acts, so a second run only checks.
+use std::{
+    fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::util::{output, run, step};
+
+/// Debian packages the build, the tests, the benchmarks and the demo use.
+const APT_PACKAGES: &[&str] = &[
+    "iproute2",
+    "procps",
+    "curl",
+    "openssl",
+    "gnutls-bin",
+    "socat",
+    "iperf3",
+    "haproxy",
+    "yggdrasil",
+    "prosody",
+    "lua-sec",
+    "sendxmpp",
+    "bpftool",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub enum Scope {
+    /// Only what `build-ebpf` needs: nightly rust-src and bpf-linker.
+    EbpfToolchain,
+    Everything,
+}
+
+pub fn run(_root: &Path, scope: Scope) -> Result<()> {
+    if matches!(scope, Scope::Everything) {
+        apt_packages()?;
+    }
+    nightly_rust_src()?;
+    bpf_linker()?;
+    Ok(())
+}
+
+/// Tools this project installs with `cargo install`, kept out of the user's own `~/.cargo/bin`.
+pub fn tools_dir() -> Result<PathBuf> {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set")?;
+    Ok(cargo_home.join("astrogate-tools"))
+}
+
+const CARGO_FUZZ_VERSION: &str = "0.13.1";
+
+/// Installs cargo-fuzz on first use and returns its path.
+pub fn cargo_fuzz() -> Result<PathBuf> {
+    let root = tools_dir()?;
+    let bin = root.join("bin/cargo-fuzz");
+    if output(Command::new(&bin).arg("--version")).is_some() {
+        return Ok(bin);
+    }
+    step(&format!("cargo-fuzz: installing {CARGO_FUZZ_VERSION} into {}", root.display()));
+    let mut cmd = Command::new("cargo");
+    cmd.env_remove("RUSTUP_TOOLCHAIN")
+        .args(["install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION, "--locked"])
+        .arg("--root")
+        .arg(&root);
+    run(cmd)?;
+    Ok(bin)
+}
+
+fn apt_packages() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|pkg| {
+            let status = output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]));
+            !matches!(status.as_deref(), Some("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        step("apt packages: all present");
+        return Ok(());
+    }
+    step(&format!("apt packages: installing {}", missing.join(" ")));
+    let apt = |args: &[&str]| {
+        let mut cmd = Command::new("apt-get");
+        cmd.env("DEBIAN_FRONTEND", "noninteractive").args(args);
+        run(cmd)
+    };
+    apt(&["update", "-q"])?;
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(&missing);
+    apt(&args)?;
+    // Debian starts these services on install; the tests and benchmarks start their own instances
+    // in namespaces and need the default ports free.
+    for service in ["haproxy", "prosody", "yggdrasil"] {
+        let _ = Command::new("systemctl").args(["stop", service]).output();
+        let _ = Command::new("pkill").args(["-x", service]).output();
+    }
+    Ok(())
+}
+
+fn nightly_rust_src() -> Result<()> {
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        step("rustup: installing the nightly toolchain with rust-src");
+        let mut cmd = Command::new("rustup");
+        cmd.args(["toolchain", "install", "nightly", "--profile", "minimal"]);
+        cmd.args(["--component", "rust-src"]);
+        return run(cmd);
+    }
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .unwrap_or_default();
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        step("rustup: nightly rust-src present");
+        return Ok(());
+    }
+    step("rustup: adding rust-src to nightly (needed by -Z build-std=core)");
+    let mut cmd = Command::new("rustup");
+    cmd.args(["component", "add", "rust-src", "--toolchain", "nightly"]);
+    run(cmd)
+}
+
+/// Where this project's bpf-linker lives, keyed by the nightly it links against.
+///
+/// bpf-linker must read the bitcode the nightly's LLVM writes, so it is built against that very
+/// libLLVM, which rustup ships as a shared library in the toolchain. That avoids a Debian LLVM 22,
+/// which bookworm does not have and trixie's needs a newer glibc than this machine's.
+pub fn bpf_linker_dir() -> Result<PathBuf> {
+    let sysroot = nightly_sysroot()?;
+    let libllvm = nightly_libllvm(&sysroot)?;
+    let tag = libllvm
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("libLLVM.so."))
+        .context("unexpected libLLVM file name")?
+        .to_string();
+    Ok(tools_dir()?.join(format!("bpf-linker-{BPF_LINKER_VERSION}-llvm-{tag}")))
+}
+
+fn nightly_sysroot() -> Result<PathBuf> {
+    output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .map(PathBuf::from)
+        .context("`rustc +nightly --print sysroot` failed: is the nightly toolchain installed?")
+}
+
+fn nightly_libllvm(sysroot: &Path) -> Result<PathBuf> {
+    let lib = sysroot.join("lib");
+    let entries = fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        let is_lib = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("libLLVM.so."));
+        if is_lib {
+            return Ok(path);
+        }
+    }
+    bail!(
+        "the nightly toolchain in {} ships no shared libLLVM to build bpf-linker against",
+        sysroot.display()
+    )
+}
+
+fn bpf_linker() -> Result<()> {
+    let dir = bpf_linker_dir()?;
+    let bin = dir.join("bin/bpf-linker");
+    let works = output(Command::new(&bin).arg("--version"))
+        .is_some_and(|v| v.contains(BPF_LINKER_VERSION));
+    if works {
+        step(&format!("bpf-linker: {} present", bin.display()));
+        return Ok(());
+    }
+    step(&format!(
+        "bpf-linker: building {BPF_LINKER_VERSION} against the nightly's LLVM into {} (about a minute)",
+        dir.display()
+    ));
+    let libllvm = nightly_libllvm(&nightly_sysroot()?)?;
+    let prefix = dir.join("llvm");
+    let libdir = prefix.join("lib");
+    fs::create_dir_all(&libdir).with_context(|| format!("creating {}", libdir.display()))?;
+    let soname = libllvm.file_name().context("libLLVM has no file name")?;
+    for name in [Path::new("libLLVM.so"), Path::new(soname)] {
+        let link = libdir.join(name);
+        let _ = fs::remove_file(&link);
+        symlink(&libllvm, &link).with_context(|| format!("linking {}", link.display()))?;
+    }
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(&dir)
+        .env("LLVM_PREFIX", &prefix)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+        .args(["--locked", "--no-default-features", "--features", "llvm-22"])
+        .arg("--root")
+        .arg(&dir);
+    run(cmd)?;
+    if output(Command::new(&bin).arg("--version")).is_none() {
+        bail!("bpf-linker was installed to {} but does not run", bin.display());
+    }
+    Ok(())
+}
