@@ -1,2 +1,4 @@
 //! Astrogate: a gateway that routes TCP connections by the hostname their first bytes name.
+pub mod config;
+pub mod route;
 pub mod sniff;

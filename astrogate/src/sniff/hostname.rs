@@ -46,6 +46,14 @@ impl Hostname {
     }
 }
 
+// Lets maps keyed by Hostname be queried with a suffix slice without allocating. Hash and Eq
+// are derived from the inner String, so they agree with str's.
+impl std::borrow::Borrow<str> for Hostname {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for Hostname {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

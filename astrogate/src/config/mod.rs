@@ -1,0 +1,385 @@
+//! Configuration: parse the TOML file, then `validate()` it into the types the gateway runs on.
+//!
+//! Nothing half-valid escapes: `load` returns either a complete `Config` or the first error,
+//! with the file, line, column, key and reason.
+pub mod duration;
+mod raw;
+mod target;
+
+use std::{
+    collections::HashSet,
+    fmt,
+    net::SocketAddr,
+    ops::Range,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use toml::Spanned;
+
+use crate::{
+    route::{AcmeAction, HostPattern, Route, RouteTable},
+    sniff::{Hostname, Protocol},
+};
+pub use raw::RawConfig;
+pub use target::{Target, TargetHost};
+
+/// Default for `gateway.sniff_timeout`: how long a client has to name a host.
+pub const DEFAULT_SNIFF_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default for `gateway.max_sniff_bytes`: room for a post-quantum ClientHello split over records.
+pub const DEFAULT_MAX_SNIFF_BYTES: usize = 16 * 1024;
+/// Default for `gateway.connect_timeout`: time allowed to reach the upstream.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default for `gateway.buffer_size`: per-direction buffer of the user-space path. 64 KiB
+/// measured twice the throughput of 8 KiB on this class of machine (platform-facts.md).
+pub const DEFAULT_BUFFER_SIZE: usize = 64 * 1024;
+
+/// Which forwarding path established connections take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataPath {
+    /// The kernel path when the eBPF programs load, otherwise user space with a warning.
+    Auto,
+    /// The kernel path, or refuse to start.
+    Kernel,
+    /// Always copy in user space.
+    Userspace,
+}
+
+impl fmt::Display for DataPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DataPath::Auto => "auto",
+            DataPath::Kernel => "kernel",
+            DataPath::Userspace => "userspace",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewaySettings {
+    pub sniff_timeout: Duration,
+    pub max_sniff_bytes: usize,
+    pub connect_timeout: Duration,
+    pub data_path: DataPath,
+    pub buffer_size: usize,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            sniff_timeout: DEFAULT_SNIFF_TIMEOUT,
+            max_sniff_bytes: DEFAULT_MAX_SNIFF_BYTES,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            data_path: DataPath::Auto,
+            buffer_size: DEFAULT_BUFFER_SIZE,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub bind: Vec<SocketAddr>,
+    /// Sniffers to try, in priority order.
+    pub protocols: Vec<Protocol>,
+    /// Where connections with no name, or a name no route serves, go.
+    pub default: Option<Target>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: PathBuf,
+    pub gateway: GatewaySettings,
+    pub listeners: Vec<ListenerConfig>,
+    pub routes: RouteTable,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read config: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}:{column}: {key}{sep}{reason}", sep = if key.is_empty() { "" } else { ": " })]
+    Invalid {
+        file: String,
+        line: usize,
+        column: usize,
+        key: String,
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses and validates config text; `path` is only used in errors and `source`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let at = Locator { file: path, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            at.error(span, "", e.message().trim_end())
+        })?;
+        validate(path, raw, &at)
+    }
+}
+
+/// Turns byte spans into `file:line:column` errors.
+struct Locator<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn error(&self, span: Range<usize>, key: &str, reason: impl fmt::Display) -> ConfigError {
+        let before = self.text.get(..span.start).unwrap_or(self.text);
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        ConfigError::Invalid {
+            file: self.file.display().to_string(),
+            line,
+            column,
+            key: key.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn at<T>(&self, value: &Spanned<T>, key: &str, reason: impl fmt::Display) -> ConfigError {
+        self.error(value.span(), key, reason)
+    }
+}
+
+fn validate(path: &Path, raw: RawConfig, at: &Locator<'_>) -> Result<Config, ConfigError> {
+    let gateway = validate_gateway(&raw.gateway, at)?;
+    let mut listeners = Vec::with_capacity(raw.listener.len());
+    let mut names = HashSet::new();
+    let mut binds = HashSet::new();
+    for (i, l) in raw.listener.iter().enumerate() {
+        let key = |k: &str| format!("listener[{i}].{k}");
+        let l = l.get_ref();
+        let listener = validate_listener(l, at, &key)?;
+        if !names.insert(listener.name.clone()) {
+            return Err(at.at(&l.name, &key("name"), "duplicate listener name"));
+        }
+        for (addr, raw_addr) in listener.bind.iter().zip(l.bind.get_ref()) {
+            if !binds.insert(*addr) {
+                return Err(at.at(raw_addr, &key("bind"), format!("{addr} is bound twice")));
+            }
+        }
+        listeners.push(listener);
+    }
+    if listeners.is_empty() {
+        return Err(at.error(0..0, "listener", "the config defines no [[listener]]"));
+    }
+    let mut routes = RouteTable::default();
+    for (i, r) in raw.route.iter().enumerate() {
+        let key = |k: &str| format!("route[{i}].{k}");
+        let route = validate_route(r.get_ref(), at, &key, &names)?;
+        routes.push(route).map_err(|dup| {
+            at.at(
+                &r.get_ref().hosts,
+                &key("hosts"),
+                format!("`{}` is already in route[{}]", dup.pattern, dup.first_route),
+            )
+        })?;
+    }
+    Ok(Config {
+        source: path.to_path_buf(),
+        gateway,
+        listeners,
+        routes,
+    })
+}
+
+fn validate_gateway(g: &raw::RawGateway, at: &Locator<'_>) -> Result<GatewaySettings, ConfigError> {
+    let mut s = GatewaySettings::default();
+    let duration = |v: &Spanned<String>, key: &str| {
+        duration::parse(v.get_ref()).map_err(|e| at.at(v, key, e))
+    };
+    if let Some(v) = &g.sniff_timeout {
+        s.sniff_timeout = duration(v, "gateway.sniff_timeout")?;
+        if s.sniff_timeout.is_zero() {
+            return Err(at.at(v, "gateway.sniff_timeout", "must be more than zero"));
+        }
+    }
+    if let Some(v) = &g.connect_timeout {
+        s.connect_timeout = duration(v, "gateway.connect_timeout")?;
+        if s.connect_timeout.is_zero() {
+            return Err(at.at(v, "gateway.connect_timeout", "must be more than zero"));
+        }
+    }
+    if let Some(v) = &g.max_sniff_bytes {
+        s.max_sniff_bytes = in_range(v, 512, 1 << 20, "gateway.max_sniff_bytes", at)?;
+    }
+    if let Some(v) = &g.buffer_size {
+        s.buffer_size = in_range(v, 4096, 16 << 20, "gateway.buffer_size", at)?;
+    }
+    if let Some(v) = &g.data_path {
+        s.data_path = match v.get_ref().as_str() {
+            "auto" => DataPath::Auto,
+            "kernel" => DataPath::Kernel,
+            "userspace" => DataPath::Userspace,
+            _ => {
+                return Err(at.at(v, "gateway.data_path", "expected \"auto\", \"kernel\" or \"userspace\""))
+            }
+        };
+    }
+    Ok(s)
+}
+
+fn in_range(
+    v: &Spanned<i64>,
+    min: usize,
+    max: usize,
+    key: &str,
+    at: &Locator<'_>,
+) -> Result<usize, ConfigError> {
+    usize::try_from(*v.get_ref())
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| at.at(v, key, format!("must be between {min} and {max}")))
+}
+
+fn validate_listener(
+    l: &raw::RawListener,
+    at: &Locator<'_>,
+    key: &dyn Fn(&str) -> String,
+) -> Result<ListenerConfig, ConfigError> {
+    let name = l.name.get_ref().trim();
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(at.at(&l.name, &key("name"), "use letters, digits, `-`, `_` or `.`"));
+    }
+    if l.bind.get_ref().is_empty() {
+        return Err(at.at(&l.bind, &key("bind"), "needs at least one address"));
+    }
+    let bind = l
+        .bind
+        .get_ref()
+        .iter()
+        .map(|b| {
+            b.get_ref().parse::<SocketAddr>().map_err(|_| {
+                at.at(b, &key("bind"), format!("`{}` is not \"ip:port\" or \"[v6]:port\"", b.get_ref()))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if l.protocols.get_ref().is_empty() {
+        return Err(at.at(&l.protocols, &key("protocols"), "needs at least one protocol"));
+    }
+    let mut protocols = Vec::new();
+    for p in l.protocols.get_ref() {
+        let protocol = Protocol::ALL
+            .into_iter()
+            .find(|known| known.name() == p.get_ref())
+            .ok_or_else(|| {
+                at.at(p, &key("protocols"), format!("unknown protocol `{}`: expected tls, http, acme, xmpp or dial", p.get_ref()))
+            })?;
+        if protocols.contains(&protocol) {
+            return Err(at.at(p, &key("protocols"), format!("`{protocol}` is listed twice")));
+        }
+        protocols.push(protocol);
+    }
+    let default = l
+        .default
+        .as_ref()
+        .map(|d| parse_target(d, at, &key("default")))
+        .transpose()?;
+    Ok(ListenerConfig {
+        name: name.to_string(),
+        bind,
+        protocols,
+        default,
+    })
+}
+
+fn parse_target(v: &Spanned<String>, at: &Locator<'_>, key: &str) -> Result<Target, ConfigError> {
+    v.get_ref()
+        .parse::<Target>()
+        .map_err(|e| at.at(v, key, format!("`{}`: {e}", v.get_ref())))
+}
+
+fn validate_route(
+    r: &raw::RawRoute,
+    at: &Locator<'_>,
+    key: &dyn Fn(&str) -> String,
+    listeners: &HashSet<String>,
+) -> Result<Route, ConfigError> {
+    if r.hosts.get_ref().is_empty() {
+        return Err(at.at(&r.hosts, &key("hosts"), "needs at least one hostname"));
+    }
+    let hosts = r
+        .hosts
+        .get_ref()
+        .iter()
+        .map(|h| {
+            HostPattern::parse(h.get_ref())
+                .map_err(|e| at.at(h, &key("hosts"), format!("`{}`: {e}", h.get_ref())))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let to = parse_target(&r.to, at, &key("to"))?;
+    let acme = match (&r.acme, &r.acme_redirect) {
+        (Some(_), Some(redirect)) => {
+            return Err(at.at(redirect, &key("acme_redirect"), "set either `acme` or `acme_redirect`, not both"))
+        }
+        (Some(proxy), None) => Some(AcmeAction::Proxy(parse_target(proxy, at, &key("acme"))?)),
+        (None, Some(redirect)) => Some(AcmeAction::Redirect(
+            parse_redirect_base(redirect.get_ref()).map_err(|e| at.at(redirect, &key("acme_redirect"), e))?,
+        )),
+        (None, None) => None,
+    };
+    let route_listeners = match &r.listeners {
+        None => None,
+        Some(names) => {
+            for n in names.get_ref() {
+                if !listeners.contains(n.get_ref()) {
+                    return Err(at.at(n, &key("listeners"), format!("no listener is named `{}`", n.get_ref())));
+                }
+            }
+            Some(names.get_ref().iter().map(|n| n.get_ref().clone()).collect())
+        }
+    };
+    Ok(Route {
+        hosts,
+        to,
+        acme,
+        listeners: route_listeners,
+    })
+}
+
+/// Validates an `acme_redirect` base URL. ACME CAs follow redirects only to http or https on
+/// ports 80 or 443, so anything else would fail validation at the CA, not here.
+fn parse_redirect_base(s: &str) -> Result<String, String> {
+    let (scheme, rest) = s
+        .split_once("://")
+        .ok_or("expected \"http://host\" or \"https://host\"")?;
+    if scheme != "http" && scheme != "https" {
+        return Err("scheme must be http or https".into());
+    }
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains('/') {
+        return Err("give only scheme and host: the challenge path is appended".into());
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (authority, None),
+    };
+    match port {
+        None | Some("80") | Some("443") => {}
+        Some(_) => return Err("ACME redirects may only use port 80 or 443".into()),
+    }
+    let host = Hostname::parse(host.as_bytes()).map_err(|_| "invalid redirect hostname".to_string())?;
+    Ok(match port {
+        Some(p) => format!("{scheme}://{host}:{p}"),
+        None => format!("{scheme}://{host}"),
+    })
+}
+
+#[cfg(test)]
+mod tests;

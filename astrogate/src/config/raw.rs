@@ -1,0 +1,44 @@
+//! The config file as written: serde structs that keep source spans, so validation errors can
+//! point at the line and column of the offending value.
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub gateway: RawGateway,
+    #[serde(default)]
+    pub listener: Vec<Spanned<RawListener>>,
+    #[serde(default)]
+    pub route: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGateway {
+    pub sniff_timeout: Option<Spanned<String>>,
+    pub max_sniff_bytes: Option<Spanned<i64>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub data_path: Option<Spanned<String>>,
+    pub buffer_size: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: Spanned<String>,
+    pub bind: Spanned<Vec<Spanned<String>>>,
+    pub protocols: Spanned<Vec<Spanned<String>>>,
+    pub default: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub hosts: Spanned<Vec<Spanned<String>>>,
+    pub to: Spanned<String>,
+    pub acme: Option<Spanned<String>>,
+    pub acme_redirect: Option<Spanned<String>>,
+    pub listeners: Option<Spanned<Vec<Spanned<String>>>>,
+}

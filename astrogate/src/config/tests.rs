@@ -1,0 +1,155 @@
+use std::path::Path;
+
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("test.toml"), text)
+}
+
+/// Asserts the error names the line, the key and the reason.
+fn assert_error(text: &str, line: usize, key: &str, reason: &str) {
+    match parse(text) {
+        Ok(_) => panic!("accepted invalid config:\n{text}"),
+        Err(ConfigError::Invalid {
+            file,
+            line: l,
+            key: k,
+            reason: r,
+            ..
+        }) => {
+            assert_eq!(file, "test.toml");
+            assert_eq!((l, k.as_str()), (line, key), "reason was: {r}");
+            assert!(r.contains(reason), "reason `{r}` lacks `{reason}`");
+        }
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+const MINIMAL: &str = r#"
+[[listener]]
+name = "https"
+bind = ["127.0.0.1:8443"]
+protocols = ["tls"]
+"#;
+
+#[test]
+fn the_shipped_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/astrogate.toml");
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.listeners.len(), 4);
+    assert_eq!(config.gateway.sniff_timeout, Duration::from_secs(5));
+    assert_eq!(config.gateway.max_sniff_bytes, 16384);
+    let https = &config.listeners[0];
+    assert_eq!(https.bind.len(), 2);
+    assert_eq!(https.default.as_ref().unwrap().to_string(), "[201:5d78::9]:443");
+    let blog = Hostname::parse(b"www.blog.example.com").unwrap();
+    let route = config.routes.lookup(&blog, "https").unwrap();
+    assert_eq!(route.to.to_string(), "[201:5d78::1]");
+    assert_eq!(route.acme, Some(AcmeAction::Proxy("[201:5d78::1]:80".parse().unwrap())));
+    let shell = Hostname::parse(b"shell.example.com").unwrap();
+    assert!(config.routes.lookup(&shell, "https").is_none());
+    assert!(config.routes.lookup(&shell, "dial").is_some());
+}
+
+#[test]
+fn defaults_apply() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.gateway, GatewaySettings::default());
+    assert_eq!(config.gateway.data_path, DataPath::Auto);
+    assert!(config.routes.routes().is_empty());
+}
+
+#[test]
+fn syntax_errors_carry_the_line() {
+    assert_error("[gateway]\nsniff_timeout = \n", 2, "", "");
+    assert_error("[gateway]\nsnif_timeout = \"5s\"\n", 2, "", "unknown field `snif_timeout`");
+    assert_error("[gateway]\nmax_sniff_bytes = \"big\"\n", 2, "", "invalid type");
+}
+
+#[test]
+fn value_errors_name_key_and_reason() {
+    assert_error(
+        "[gateway]\nsniff_timeout = \"5 parsecs\"\n",
+        2,
+        "gateway.sniff_timeout",
+        "unit",
+    );
+    assert_error("[gateway]\nsniff_timeout = \"0s\"\n", 2, "gateway.sniff_timeout", "zero");
+    assert_error("[gateway]\nmax_sniff_bytes = 10\n", 2, "gateway.max_sniff_bytes", "between");
+    assert_error("[gateway]\ndata_path = \"fast\"\n", 2, "gateway.data_path", "expected");
+    let bad_bind = MINIMAL.replace("127.0.0.1:8443", "localhost:8443");
+    assert_error(&bad_bind, 4, "listener[0].bind", "not \"ip:port\"");
+    let bad_proto = MINIMAL.replace("\"tls\"", "\"tls\", \"gopher\"");
+    assert_error(&bad_proto, 5, "listener[0].protocols", "unknown protocol `gopher`");
+    let twice = MINIMAL.replace("\"tls\"", "\"tls\", \"tls\"");
+    assert_error(&twice, 5, "listener[0].protocols", "twice");
+    let bad_default = format!("{MINIMAL}default = \"201:5d78::9\"\n");
+    assert_error(&bad_default, 6, "listener[0].default", "brackets");
+}
+
+#[test]
+fn listener_errors() {
+    assert_error("[gateway]\n", 1, "listener", "no [[listener]]");
+    let dup = format!("{MINIMAL}{}", MINIMAL.replace("8443", "8444"));
+    assert_error(&dup, 8, "listener[1].name", "duplicate listener name");
+    let rebind = format!("{MINIMAL}{}", MINIMAL.replace("https", "other"));
+    assert_error(&rebind, 9, "listener[1].bind", "bound twice");
+}
+
+#[test]
+fn route_errors() {
+    let route = |body: &str| format!("{MINIMAL}\n[[route]]\n{body}");
+    assert_error(&route("hosts = [\"a.example\"]\n"), 7, "", "missing field `to`");
+    assert_error(&route("hosts = []\nto = \"[201::1]\"\n"), 8, "route[0].hosts", "at least one");
+    assert_error(
+        &route("hosts = [\"*\"]\nto = \"[201::1]\"\n"),
+        8,
+        "route[0].hosts",
+        "`*`",
+    );
+    assert_error(
+        &route("hosts = [\"a.example\"]\nto = \"[201::1]:99999\"\n"),
+        9,
+        "route[0].to",
+        "port",
+    );
+    assert_error(
+        &route("hosts = [\"a.example\"]\nto = \"[201::1]\"\nacme_redirect = \"http://x.example:8080\"\n"),
+        10,
+        "route[0].acme_redirect",
+        "port 80 or 443",
+    );
+    assert_error(
+        &route("hosts = [\"a.example\"]\nto = \"[201::1]\"\nacme = \"[201::1]:80\"\nacme_redirect = \"http://x.example\"\n"),
+        11,
+        "route[0].acme_redirect",
+        "not both",
+    );
+    assert_error(
+        &route("hosts = [\"a.example\"]\nto = \"[201::1]\"\nlisteners = [\"nope\"]\n"),
+        10,
+        "route[0].listeners",
+        "no listener is named `nope`",
+    );
+    let two = route("hosts = [\"a.example\"]\nto = \"[201::1]\"\n[[route]]\nhosts = [\"A.example.\"]\nto = \"[201::2]\"\n");
+    assert_error(&two, 11, "route[1].hosts", "already in route[0]");
+}
+
+#[test]
+fn acme_redirect_is_normalised() {
+    let text = format!(
+        "{MINIMAL}\n[[route]]\nhosts = [\"a.example\"]\nto = \"[201::1]\"\nacme_redirect = \"https://ACME.example:443/\"\n"
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(
+        config.routes.routes()[0].acme,
+        Some(AcmeAction::Redirect("https://acme.example:443".into()))
+    );
+}
+
+#[test]
+fn error_display_has_file_line_key_reason() {
+    let err = parse("[gateway]\nsniff_timeout = \"soon\"\n").unwrap_err();
+    let shown = err.to_string();
+    assert!(shown.starts_with("test.toml:2:17: gateway.sniff_timeout: "), "{shown}");
+}
