@@ -1,4 +1,10 @@
 //! Astrogate: a gateway that routes TCP connections by the hostname their first bytes name.
+pub mod access_log;
 pub mod config;
+pub mod conn;
+pub mod forward;
+pub mod reply;
 pub mod route;
+pub mod server;
 pub mod sniff;
+pub mod upstream;

@@ -22,7 +22,9 @@ impl HostPattern {
             Some(suffix) => Hostname::parse(suffix.as_bytes())
                 .map(HostPattern::Wildcard)
                 .map_err(|_| "invalid wildcard: use `*.` followed by a hostname"),
-            None if s.contains('*') => Err("`*` is only allowed as the whole first label: `*.example.com`"),
+            None if s.contains('*') => {
+                Err("`*` is only allowed as the whole first label: `*.example.com`")
+            }
             None => Hostname::parse(s.as_bytes())
                 .map(HostPattern::Exact)
                 .map_err(|_| "invalid hostname"),
@@ -131,7 +133,10 @@ mod tests {
 
     fn route(hosts: &[&str], to: &str, listeners: Option<&[&str]>) -> Route {
         Route {
-            hosts: hosts.iter().map(|h| HostPattern::parse(h).unwrap()).collect(),
+            hosts: hosts
+                .iter()
+                .map(|h| HostPattern::parse(h).unwrap())
+                .collect(),
             to: to.parse().unwrap(),
             acme: None,
             listeners: listeners.map(|l| l.iter().map(|s| s.to_string()).collect()),
@@ -140,10 +145,21 @@ mod tests {
 
     fn table() -> RouteTable {
         let mut t = RouteTable::default();
-        t.push(route(&["blog.example.com", "*.blog.example.com"], "[201::1]", None)).unwrap();
+        t.push(route(
+            &["blog.example.com", "*.blog.example.com"],
+            "[201::1]",
+            None,
+        ))
+        .unwrap();
         t.push(route(&["*.example.com"], "[201::2]", None)).unwrap();
-        t.push(route(&["a.b.blog.example.com"], "[201::3]", None)).unwrap();
-        t.push(route(&["*.internal.example.com"], "[201::4]", Some(&["ygg"]))).unwrap();
+        t.push(route(&["a.b.blog.example.com"], "[201::3]", None))
+            .unwrap();
+        t.push(route(
+            &["*.internal.example.com"],
+            "[201::4]",
+            Some(&["ygg"]),
+        ))
+        .unwrap();
         t
     }
 
@@ -156,10 +172,22 @@ mod tests {
     fn most_specific_wins() {
         let t = table();
         assert_eq!(to(&t, "blog.example.com", "x").as_deref(), Some("[201::1]"));
-        assert_eq!(to(&t, "BLOG.example.com.", "x").as_deref(), Some("[201::1]"));
-        assert_eq!(to(&t, "x.blog.example.com", "x").as_deref(), Some("[201::1]"));
-        assert_eq!(to(&t, "y.x.blog.example.com", "x").as_deref(), Some("[201::1]"));
-        assert_eq!(to(&t, "a.b.blog.example.com", "x").as_deref(), Some("[201::3]"));
+        assert_eq!(
+            to(&t, "BLOG.example.com.", "x").as_deref(),
+            Some("[201::1]")
+        );
+        assert_eq!(
+            to(&t, "x.blog.example.com", "x").as_deref(),
+            Some("[201::1]")
+        );
+        assert_eq!(
+            to(&t, "y.x.blog.example.com", "x").as_deref(),
+            Some("[201::1]")
+        );
+        assert_eq!(
+            to(&t, "a.b.blog.example.com", "x").as_deref(),
+            Some("[201::3]")
+        );
         assert_eq!(to(&t, "shop.example.com", "x").as_deref(), Some("[201::2]"));
         assert_eq!(to(&t, "example.com", "x"), None);
         assert_eq!(to(&t, "example.org", "x"), None);
@@ -168,14 +196,22 @@ mod tests {
     #[test]
     fn listener_restriction_falls_through() {
         let t = table();
-        assert_eq!(to(&t, "db.internal.example.com", "ygg").as_deref(), Some("[201::4]"));
-        assert_eq!(to(&t, "db.internal.example.com", "https").as_deref(), Some("[201::2]"));
+        assert_eq!(
+            to(&t, "db.internal.example.com", "ygg").as_deref(),
+            Some("[201::4]")
+        );
+        assert_eq!(
+            to(&t, "db.internal.example.com", "https").as_deref(),
+            Some("[201::2]")
+        );
     }
 
     #[test]
     fn duplicate_patterns_are_rejected() {
         let mut t = table();
-        let err = t.push(route(&["*.example.com"], "[201::9]", None)).unwrap_err();
+        let err = t
+            .push(route(&["*.example.com"], "[201::9]", None))
+            .unwrap_err();
         assert_eq!(err.first_route, 1);
     }
 

@@ -30,7 +30,13 @@ pub fn build(root: &Path) -> Result<PathBuf> {
         .env_remove("CARGO_TARGET_DIR")
         .env("PATH", std::env::join_paths(paths)?)
         .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf")
-        .args(["+nightly", "build", "--release", "--target", "bpfel-unknown-none"])
+        .args([
+            "+nightly",
+            "build",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+        ])
         .args(["-Z", "build-std=core"]);
     run(cmd)?;
     let built = crate_dir.join("target/bpfel-unknown-none/release/astrogate");

@@ -37,7 +37,9 @@ pub fn run(root: &Path, seconds: u32) -> Result<()> {
         cmd.arg("--")
             .arg(format!("-max_total_time={seconds}"))
             .arg("-max_len=20000");
-        let out = cmd.output().with_context(|| format!("running cargo fuzz for {target}"))?;
+        let out = cmd
+            .output()
+            .with_context(|| format!("running cargo fuzz for {target}"))?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() {
             eprintln!("{stderr}");

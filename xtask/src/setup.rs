@@ -62,10 +62,19 @@ pub fn cargo_fuzz() -> Result<PathBuf> {
     if output(Command::new(&bin).arg("--version")).is_some() {
         return Ok(bin);
     }
-    step(&format!("cargo-fuzz: installing {CARGO_FUZZ_VERSION} into {}", root.display()));
+    step(&format!(
+        "cargo-fuzz: installing {CARGO_FUZZ_VERSION} into {}",
+        root.display()
+    ));
     let mut cmd = Command::new("cargo");
     cmd.env_remove("RUSTUP_TOOLCHAIN")
-        .args(["install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION, "--locked"])
+        .args([
+            "install",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+            "--locked",
+        ])
         .arg("--root")
         .arg(&root);
     run(cmd)?;
@@ -176,8 +185,8 @@ fn nightly_libllvm(sysroot: &Path) -> Result<PathBuf> {
 fn bpf_linker() -> Result<()> {
     let dir = bpf_linker_dir()?;
     let bin = dir.join("bin/bpf-linker");
-    let works = output(Command::new(&bin).arg("--version"))
-        .is_some_and(|v| v.contains(BPF_LINKER_VERSION));
+    let works =
+        output(Command::new(&bin).arg("--version")).is_some_and(|v| v.contains(BPF_LINKER_VERSION));
     if works {
         step(&format!("bpf-linker: {} present", bin.display()));
         return Ok(());
@@ -206,7 +215,10 @@ fn bpf_linker() -> Result<()> {
         .arg(&dir);
     run(cmd)?;
     if output(Command::new(&bin).arg("--version")).is_none() {
-        bail!("bpf-linker was installed to {} but does not run", bin.display());
+        bail!(
+            "bpf-linker was installed to {} but does not run",
+            bin.display()
+        );
     }
     Ok(())
 }

@@ -16,7 +16,9 @@ pub fn workspace_root() -> Result<PathBuf> {
 /// Runs a command to completion, failing with the command line when it exits non-zero.
 pub fn run(mut cmd: Command) -> Result<()> {
     let shown = format!("{cmd:?}");
-    let status = cmd.status().with_context(|| format!("could not start {shown}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {shown}"))?;
     if !status.success() {
         bail!("{shown} failed: {status}");
     }

@@ -1,1 +1,121 @@
-fn main() {}
+//! The Astrogate daemon.
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{Context, Result};
+use astrogate::{config::Config, server::Server};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "astrogate",
+    version,
+    about = "Route TCP connections between the internet and Yggdrasil by the hostname they name",
+    long_about = "Astrogate accepts TCP connections, reads the first bytes to learn the protocol \
+        (TLS SNI, HTTP Host, XMPP stream `to`, ACME HTTP-01, or an Astrogate dial header) and the \
+        hostname the client wants, and connects the client to the target its config routes that \
+        name to. The client's bytes are forwarded untouched.\n\n\
+        Start with `astrogate check --config config/astrogate.toml` to see how a config is read."
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    /// Log filter, e.g. `info` or `astrogate=debug` (RUST_LOG overrides it).
+    #[arg(long, default_value = "info", global = true)]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway in the foreground until interrupted (SIGINT or SIGTERM).
+    Run {
+        /// Path to the TOML config.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config and print the listeners and routing table it defines.
+    Check {
+        /// Path to the TOML config.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log_level);
+    let result = match cli.command {
+        Command::Run { config } => run(&config),
+        Command::Check { config } => check(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("astrogate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    use tracing_subscriber::{fmt, EnvFilter};
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn run(path: &std::path::Path) -> Result<()> {
+    let config = Config::load(path)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let server = Server::bind(&config)?;
+        for (listener, addr) in server.local_addrs() {
+            tracing::info!(%listener, %addr, "listening");
+        }
+        tracing::info!(
+            routes = config.routes.routes().len(),
+            data_path = %config.gateway.data_path,
+            "astrogate running"
+        );
+        server.run(shutdown_signal()).await;
+        tracing::info!("shutting down");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; stop with SIGINT");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn check(path: &std::path::Path) -> Result<()> {
+    let config = Config::load(path)?;
+    print!("{}", astrogate::config::describe(&config));
+    Ok(())
+}

@@ -6,7 +6,9 @@ pub fn parse(s: &str) -> Result<Duration, &'static str> {
         .find(|c: char| !c.is_ascii_digit())
         .ok_or("duration needs a unit: ms, s, m or h")?;
     let (digits, unit) = s.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| "duration must start with a number")?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| "duration must start with a number")?;
     let secs_per_unit = match unit {
         "ms" => return Ok(Duration::from_millis(n)),
         "s" => 1,

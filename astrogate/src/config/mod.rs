@@ -2,6 +2,7 @@
 //!
 //! Nothing half-valid escapes: `load` returns either a complete `Config` or the first error,
 //! with the file, line, column, key and reason.
+mod describe;
 pub mod duration;
 mod raw;
 mod target;
@@ -21,6 +22,7 @@ use crate::{
     route::{AcmeAction, HostPattern, Route, RouteTable},
     sniff::{Hostname, Protocol},
 };
+pub use describe::describe;
 pub use raw::RawConfig;
 pub use target::{Target, TargetHost};
 
@@ -201,9 +203,8 @@ fn validate(path: &Path, raw: RawConfig, at: &Locator<'_>) -> Result<Config, Con
 
 fn validate_gateway(g: &raw::RawGateway, at: &Locator<'_>) -> Result<GatewaySettings, ConfigError> {
     let mut s = GatewaySettings::default();
-    let duration = |v: &Spanned<String>, key: &str| {
-        duration::parse(v.get_ref()).map_err(|e| at.at(v, key, e))
-    };
+    let duration =
+        |v: &Spanned<String>, key: &str| duration::parse(v.get_ref()).map_err(|e| at.at(v, key, e));
     if let Some(v) = &g.sniff_timeout {
         s.sniff_timeout = duration(v, "gateway.sniff_timeout")?;
         if s.sniff_timeout.is_zero() {
@@ -228,7 +229,11 @@ fn validate_gateway(g: &raw::RawGateway, at: &Locator<'_>) -> Result<GatewaySett
             "kernel" => DataPath::Kernel,
             "userspace" => DataPath::Userspace,
             _ => {
-                return Err(at.at(v, "gateway.data_path", "expected \"auto\", \"kernel\" or \"userspace\""))
+                return Err(at.at(
+                    v,
+                    "gateway.data_path",
+                    "expected \"auto\", \"kernel\" or \"userspace\"",
+                ))
             }
         };
     }
@@ -254,8 +259,16 @@ fn validate_listener(
     key: &dyn Fn(&str) -> String,
 ) -> Result<ListenerConfig, ConfigError> {
     let name = l.name.get_ref().trim();
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(at.at(&l.name, &key("name"), "use letters, digits, `-`, `_` or `.`"));
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(at.at(
+            &l.name,
+            &key("name"),
+            "use letters, digits, `-`, `_` or `.`",
+        ));
     }
     if l.bind.get_ref().is_empty() {
         return Err(at.at(&l.bind, &key("bind"), "needs at least one address"));
@@ -266,12 +279,20 @@ fn validate_listener(
         .iter()
         .map(|b| {
             b.get_ref().parse::<SocketAddr>().map_err(|_| {
-                at.at(b, &key("bind"), format!("`{}` is not \"ip:port\" or \"[v6]:port\"", b.get_ref()))
+                at.at(
+                    b,
+                    &key("bind"),
+                    format!("`{}` is not \"ip:port\" or \"[v6]:port\"", b.get_ref()),
+                )
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
     if l.protocols.get_ref().is_empty() {
-        return Err(at.at(&l.protocols, &key("protocols"), "needs at least one protocol"));
+        return Err(at.at(
+            &l.protocols,
+            &key("protocols"),
+            "needs at least one protocol",
+        ));
     }
     let mut protocols = Vec::new();
     for p in l.protocols.get_ref() {
@@ -279,10 +300,21 @@ fn validate_listener(
             .into_iter()
             .find(|known| known.name() == p.get_ref())
             .ok_or_else(|| {
-                at.at(p, &key("protocols"), format!("unknown protocol `{}`: expected tls, http, acme, xmpp or dial", p.get_ref()))
+                at.at(
+                    p,
+                    &key("protocols"),
+                    format!(
+                        "unknown protocol `{}`: expected tls, http, acme, xmpp or dial",
+                        p.get_ref()
+                    ),
+                )
             })?;
         if protocols.contains(&protocol) {
-            return Err(at.at(p, &key("protocols"), format!("`{protocol}` is listed twice")));
+            return Err(at.at(
+                p,
+                &key("protocols"),
+                format!("`{protocol}` is listed twice"),
+            ));
         }
         protocols.push(protocol);
     }
@@ -326,11 +358,16 @@ fn validate_route(
     let to = parse_target(&r.to, at, &key("to"))?;
     let acme = match (&r.acme, &r.acme_redirect) {
         (Some(_), Some(redirect)) => {
-            return Err(at.at(redirect, &key("acme_redirect"), "set either `acme` or `acme_redirect`, not both"))
+            return Err(at.at(
+                redirect,
+                &key("acme_redirect"),
+                "set either `acme` or `acme_redirect`, not both",
+            ))
         }
         (Some(proxy), None) => Some(AcmeAction::Proxy(parse_target(proxy, at, &key("acme"))?)),
         (None, Some(redirect)) => Some(AcmeAction::Redirect(
-            parse_redirect_base(redirect.get_ref()).map_err(|e| at.at(redirect, &key("acme_redirect"), e))?,
+            parse_redirect_base(redirect.get_ref())
+                .map_err(|e| at.at(redirect, &key("acme_redirect"), e))?,
         )),
         (None, None) => None,
     };
@@ -339,10 +376,20 @@ fn validate_route(
         Some(names) => {
             for n in names.get_ref() {
                 if !listeners.contains(n.get_ref()) {
-                    return Err(at.at(n, &key("listeners"), format!("no listener is named `{}`", n.get_ref())));
+                    return Err(at.at(
+                        n,
+                        &key("listeners"),
+                        format!("no listener is named `{}`", n.get_ref()),
+                    ));
                 }
             }
-            Some(names.get_ref().iter().map(|n| n.get_ref().clone()).collect())
+            Some(
+                names
+                    .get_ref()
+                    .iter()
+                    .map(|n| n.get_ref().clone())
+                    .collect(),
+            )
         }
     };
     Ok(Route {
@@ -374,7 +421,8 @@ fn parse_redirect_base(s: &str) -> Result<String, String> {
         None | Some("80") | Some("443") => {}
         Some(_) => return Err("ACME redirects may only use port 80 or 443".into()),
     }
-    let host = Hostname::parse(host.as_bytes()).map_err(|_| "invalid redirect hostname".to_string())?;
+    let host =
+        Hostname::parse(host.as_bytes()).map_err(|_| "invalid redirect hostname".to_string())?;
     Ok(match port {
         Some(p) => format!("{scheme}://{host}:{p}"),
         None => format!("{scheme}://{host}"),

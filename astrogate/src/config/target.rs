@@ -42,11 +42,15 @@ impl FromStr for Target {
             return Err("empty target");
         }
         if let Some(rest) = s.strip_prefix('[') {
-            let (ip, after) = rest.split_once(']').ok_or("missing `]` after IPv6 address")?;
+            let (ip, after) = rest
+                .split_once(']')
+                .ok_or("missing `]` after IPv6 address")?;
             let ip: Ipv6Addr = ip.parse().map_err(|_| "invalid IPv6 address")?;
             let port = match after {
                 "" => None,
-                p => Some(parse_port(p.strip_prefix(':').ok_or("expected `:port` after `]`")?)?),
+                p => Some(parse_port(
+                    p.strip_prefix(':').ok_or("expected `:port` after `]`")?,
+                )?),
             };
             return Ok(Target {
                 host: TargetHost::Ip(IpAddr::V6(ip)),

@@ -41,11 +41,17 @@ fn the_shipped_config_is_valid() {
     assert_eq!(config.gateway.max_sniff_bytes, 16384);
     let https = &config.listeners[0];
     assert_eq!(https.bind.len(), 2);
-    assert_eq!(https.default.as_ref().unwrap().to_string(), "[201:5d78::9]:443");
+    assert_eq!(
+        https.default.as_ref().unwrap().to_string(),
+        "[201:5d78::9]:443"
+    );
     let blog = Hostname::parse(b"www.blog.example.com").unwrap();
     let route = config.routes.lookup(&blog, "https").unwrap();
     assert_eq!(route.to.to_string(), "[201:5d78::1]");
-    assert_eq!(route.acme, Some(AcmeAction::Proxy("[201:5d78::1]:80".parse().unwrap())));
+    assert_eq!(
+        route.acme,
+        Some(AcmeAction::Proxy("[201:5d78::1]:80".parse().unwrap()))
+    );
     let shell = Hostname::parse(b"shell.example.com").unwrap();
     assert!(config.routes.lookup(&shell, "https").is_none());
     assert!(config.routes.lookup(&shell, "dial").is_some());
@@ -62,8 +68,18 @@ fn defaults_apply() {
 #[test]
 fn syntax_errors_carry_the_line() {
     assert_error("[gateway]\nsniff_timeout = \n", 2, "", "");
-    assert_error("[gateway]\nsnif_timeout = \"5s\"\n", 2, "", "unknown field `snif_timeout`");
-    assert_error("[gateway]\nmax_sniff_bytes = \"big\"\n", 2, "", "invalid type");
+    assert_error(
+        "[gateway]\nsnif_timeout = \"5s\"\n",
+        2,
+        "",
+        "unknown field `snif_timeout`",
+    );
+    assert_error(
+        "[gateway]\nmax_sniff_bytes = \"big\"\n",
+        2,
+        "",
+        "invalid type",
+    );
 }
 
 #[test]
@@ -74,13 +90,33 @@ fn value_errors_name_key_and_reason() {
         "gateway.sniff_timeout",
         "unit",
     );
-    assert_error("[gateway]\nsniff_timeout = \"0s\"\n", 2, "gateway.sniff_timeout", "zero");
-    assert_error("[gateway]\nmax_sniff_bytes = 10\n", 2, "gateway.max_sniff_bytes", "between");
-    assert_error("[gateway]\ndata_path = \"fast\"\n", 2, "gateway.data_path", "expected");
+    assert_error(
+        "[gateway]\nsniff_timeout = \"0s\"\n",
+        2,
+        "gateway.sniff_timeout",
+        "zero",
+    );
+    assert_error(
+        "[gateway]\nmax_sniff_bytes = 10\n",
+        2,
+        "gateway.max_sniff_bytes",
+        "between",
+    );
+    assert_error(
+        "[gateway]\ndata_path = \"fast\"\n",
+        2,
+        "gateway.data_path",
+        "expected",
+    );
     let bad_bind = MINIMAL.replace("127.0.0.1:8443", "localhost:8443");
     assert_error(&bad_bind, 4, "listener[0].bind", "not \"ip:port\"");
     let bad_proto = MINIMAL.replace("\"tls\"", "\"tls\", \"gopher\"");
-    assert_error(&bad_proto, 5, "listener[0].protocols", "unknown protocol `gopher`");
+    assert_error(
+        &bad_proto,
+        5,
+        "listener[0].protocols",
+        "unknown protocol `gopher`",
+    );
     let twice = MINIMAL.replace("\"tls\"", "\"tls\", \"tls\"");
     assert_error(&twice, 5, "listener[0].protocols", "twice");
     let bad_default = format!("{MINIMAL}default = \"201:5d78::9\"\n");
@@ -99,8 +135,18 @@ fn listener_errors() {
 #[test]
 fn route_errors() {
     let route = |body: &str| format!("{MINIMAL}\n[[route]]\n{body}");
-    assert_error(&route("hosts = [\"a.example\"]\n"), 7, "", "missing field `to`");
-    assert_error(&route("hosts = []\nto = \"[201::1]\"\n"), 8, "route[0].hosts", "at least one");
+    assert_error(
+        &route("hosts = [\"a.example\"]\n"),
+        7,
+        "",
+        "missing field `to`",
+    );
+    assert_error(
+        &route("hosts = []\nto = \"[201::1]\"\n"),
+        8,
+        "route[0].hosts",
+        "at least one",
+    );
     assert_error(
         &route("hosts = [\"*\"]\nto = \"[201::1]\"\n"),
         8,
@@ -151,5 +197,8 @@ fn acme_redirect_is_normalised() {
 fn error_display_has_file_line_key_reason() {
     let err = parse("[gateway]\nsniff_timeout = \"soon\"\n").unwrap_err();
     let shown = err.to_string();
-    assert!(shown.starts_with("test.toml:2:17: gateway.sniff_timeout: "), "{shown}");
+    assert!(
+        shown.starts_with("test.toml:2:17: gateway.sniff_timeout: "),
+        "{shown}"
+    );
 }

@@ -12,3 +12,35 @@ pub struct DialRequest {
 pub fn sniff(_buf: &[u8]) -> Sniff<DialRequest> {
     Sniff::NotThis
 }
+
+/// The gateway's one-line answer to a dial header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialStatus {
+    Connected,
+    Malformed,
+    Forbidden,
+    Unreachable,
+    Timeout,
+}
+
+impl DialStatus {
+    pub fn code(self) -> u16 {
+        match self {
+            DialStatus::Connected => 200,
+            DialStatus::Malformed => 400,
+            DialStatus::Forbidden => 403,
+            DialStatus::Unreachable => 502,
+            DialStatus::Timeout => 504,
+        }
+    }
+
+    pub fn reply_line(self) -> &'static [u8] {
+        match self {
+            DialStatus::Connected => b"ASTROGATE-DIAL/1 200 connected\r\n",
+            DialStatus::Malformed => b"ASTROGATE-DIAL/1 400 malformed header\r\n",
+            DialStatus::Forbidden => b"ASTROGATE-DIAL/1 403 host not allowed\r\n",
+            DialStatus::Unreachable => b"ASTROGATE-DIAL/1 502 upstream unreachable\r\n",
+            DialStatus::Timeout => b"ASTROGATE-DIAL/1 504 upstream timeout\r\n",
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! One line per connection: who, through which listener, what was asked for, where it went,
+//! how much moved, how long it took, and how it ended.
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use crate::{
+    forward::PathKind,
+    sniff::{Hostname, Protocol},
+};
+
+/// How a connection ended, as one stable word for log processing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    ClientReset,
+    UpstreamReset,
+    Error,
+    NoRoute,
+    SniffTimeout,
+    SniffLimit,
+    ClientClosed,
+    Malformed,
+    Unrecognized,
+    UpstreamUnreachable,
+    UpstreamTimeout,
+    AcmeRedirect,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::ClientReset => "client_reset",
+            Outcome::UpstreamReset => "upstream_reset",
+            Outcome::Error => "error",
+            Outcome::NoRoute => "no_route",
+            Outcome::SniffTimeout => "sniff_timeout",
+            Outcome::SniffLimit => "sniff_limit",
+            Outcome::ClientClosed => "client_closed",
+            Outcome::Malformed => "malformed",
+            Outcome::Unrecognized => "unrecognized",
+            Outcome::UpstreamUnreachable => "upstream_unreachable",
+            Outcome::UpstreamTimeout => "upstream_timeout",
+            Outcome::AcmeRedirect => "acme_redirect",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct AccessRecord {
+    pub client: SocketAddr,
+    pub listener: Arc<str>,
+    pub started: Instant,
+    pub protocol: Option<Protocol>,
+    pub host: Option<Hostname>,
+    pub target: Option<String>,
+    pub upstream: Option<SocketAddr>,
+    pub up_bytes: u64,
+    pub down_bytes: u64,
+    pub path: Option<PathKind>,
+    pub outcome: Outcome,
+    /// Error text for failures; fixed strings or OS errors, never client bytes.
+    pub detail: Option<String>,
+}
+
+impl AccessRecord {
+    pub fn new(client: SocketAddr, listener: Arc<str>) -> Self {
+        Self {
+            client,
+            listener,
+            started: Instant::now(),
+            protocol: None,
+            host: None,
+            target: None,
+            upstream: None,
+            up_bytes: 0,
+            down_bytes: 0,
+            path: None,
+            outcome: Outcome::Error,
+            detail: None,
+        }
+    }
+
+    pub fn emit(&self) {
+        let none = "-";
+        tracing::info!(
+            target: "astrogate::access",
+            client = %self.client,
+            listener = %self.listener,
+            protocol = self.protocol.map_or(none, Protocol::name),
+            host = self.host.as_ref().map_or(none, Hostname::as_str),
+            target = self.target.as_deref().unwrap_or(none),
+            upstream = %self.upstream.map_or_else(|| none.to_string(), |a| a.to_string()),
+            up_bytes = self.up_bytes,
+            down_bytes = self.down_bytes,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            path = %self.path.map_or_else(|| none.to_string(), |p| p.to_string()),
+            outcome = self.outcome.as_str(),
+            detail = self.detail.as_deref().unwrap_or(none),
+            "connection"
+        );
+    }
+}

@@ -1,0 +1,61 @@
+//! The human-readable summary `astrogate check` prints.
+use std::fmt::Write as _;
+
+use super::Config;
+use crate::route::AcmeAction;
+
+/// Describes the listeners and the routing table, most specific lookup rules first.
+pub fn describe(config: &Config) -> String {
+    let mut out = String::new();
+    let g = &config.gateway;
+    let _ = writeln!(out, "config {} is valid", config.source.display());
+    let _ = writeln!(
+        out,
+        "gateway: sniff_timeout={:?} max_sniff_bytes={} connect_timeout={:?} data_path={} buffer_size={}",
+        g.sniff_timeout, g.max_sniff_bytes, g.connect_timeout, g.data_path, g.buffer_size
+    );
+    let _ = writeln!(out, "\nlisteners:");
+    for l in &config.listeners {
+        let binds: Vec<String> = l.bind.iter().map(ToString::to_string).collect();
+        let protocols: Vec<&str> = l.protocols.iter().map(|p| p.name()).collect();
+        let default = l.default.as_ref().map_or(
+            "(none: unknown names are refused)".to_string(),
+            ToString::to_string,
+        );
+        let _ = writeln!(out, "  {}", l.name);
+        let _ = writeln!(out, "    bind      {}", binds.join(", "));
+        let _ = writeln!(out, "    sniff     {}", protocols.join(" -> "));
+        let _ = writeln!(out, "    default   {default}");
+    }
+    let _ = writeln!(
+        out,
+        "\nroutes (exact names beat wildcards; longer wildcard suffixes beat shorter):"
+    );
+    if config.routes.routes().is_empty() {
+        let _ = writeln!(out, "  (none)");
+    }
+    for r in config.routes.routes() {
+        let hosts: Vec<String> = r.hosts.iter().map(ToString::to_string).collect();
+        let _ = write!(out, "  {} -> {}", hosts.join(", "), r.to);
+        if r.to.port.is_none() {
+            let _ = write!(out, " (port: the listener's)");
+        }
+        match &r.acme {
+            Some(AcmeAction::Proxy(t)) => {
+                let _ = write!(out, "; acme challenges -> {t}");
+            }
+            Some(AcmeAction::Redirect(base)) => {
+                let _ = write!(
+                    out,
+                    "; acme challenges -> redirect to {base}/.well-known/acme-challenge/..."
+                );
+            }
+            None => {}
+        }
+        if let Some(names) = &r.listeners {
+            let _ = write!(out, "; only on listeners {}", names.join(", "));
+        }
+        let _ = writeln!(out);
+    }
+    out
+}

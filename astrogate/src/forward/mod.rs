@@ -1,0 +1,64 @@
+//! Forwarding an established, routed connection in both directions.
+//!
+//! The path is chosen per connection. User space copying is always available and is the
+//! fallback; the kernel path (eBPF sockmap) is added beside it.
+pub mod userspace;
+
+use std::{fmt, io};
+
+use crate::access_log::Outcome;
+
+/// Which path forwarded a connection's payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    Userspace,
+    Kernel,
+}
+
+impl fmt::Display for PathKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PathKind::Userspace => "userspace",
+            PathKind::Kernel => "kernel",
+        })
+    }
+}
+
+/// How one direction of a connection ended.
+#[derive(Debug)]
+pub enum DirectionEnd {
+    /// The source sent FIN; the FIN was passed on.
+    Eof,
+    /// The source reset the connection; the reset was passed on.
+    Reset,
+    /// The destination refused the bytes (reset or broken pipe); the source was reset.
+    WriteFailed(io::Error),
+    /// Some other error on the source.
+    ReadFailed(io::Error),
+    /// The other direction failed and this one was cut short.
+    Aborted,
+}
+
+/// The result of forwarding a connection.
+#[derive(Debug)]
+pub struct Forwarded {
+    pub path: PathKind,
+    /// Bytes from the client to the upstream, including replayed sniffed bytes.
+    pub up_bytes: u64,
+    /// Bytes from the upstream to the client.
+    pub down_bytes: u64,
+    pub up_end: DirectionEnd,
+    pub down_end: DirectionEnd,
+}
+
+impl Forwarded {
+    pub fn outcome(&self) -> Outcome {
+        use DirectionEnd::*;
+        match (&self.up_end, &self.down_end) {
+            (Eof, Eof) => Outcome::Ok,
+            (Reset, _) | (_, WriteFailed(_)) => Outcome::ClientReset,
+            (_, Reset) | (WriteFailed(_), _) => Outcome::UpstreamReset,
+            _ => Outcome::Error,
+        }
+    }
+}

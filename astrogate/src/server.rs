@@ -1,0 +1,149 @@
+//! Binding the listeners and accepting connections.
+use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
+
+use socket2::{Domain, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::{
+    config::{Config, ListenerConfig},
+    conn::{self, Snapshot},
+};
+
+/// Listen backlog: generous so bursts of new connections queue rather than fail.
+const BACKLOG: i32 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("listener `{listener}`: cannot bind {addr}: {source}")]
+    Bind {
+        listener: String,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+}
+
+struct BoundListener {
+    config: Arc<ListenerConfig>,
+    name: Arc<str>,
+    sockets: Vec<TcpListener>,
+}
+
+/// A gateway with every listener bound. Binding happens before anything is served, so a
+/// config that cannot be fully bound never runs half-configured.
+pub struct Server {
+    listeners: Vec<BoundListener>,
+    snapshot: Arc<Snapshot>,
+}
+
+impl Server {
+    /// Binds every listener of `config`. Must be called inside a Tokio runtime.
+    pub fn bind(config: &Config) -> Result<Server, ServeError> {
+        let mut listeners = Vec::new();
+        for l in &config.listeners {
+            let sockets = l
+                .bind
+                .iter()
+                .map(|&addr| {
+                    bind_one(addr).map_err(|source| ServeError::Bind {
+                        listener: l.name.clone(),
+                        addr,
+                        source,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            listeners.push(BoundListener {
+                config: Arc::new(l.clone()),
+                name: Arc::from(l.name.as_str()),
+                sockets,
+            });
+        }
+        Ok(Server {
+            listeners,
+            snapshot: Arc::new(Snapshot {
+                settings: config.gateway.clone(),
+                routes: config.routes.clone(),
+            }),
+        })
+    }
+
+    /// The bound addresses, by listener name (ports resolved when the config asked for 0).
+    pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners
+            .iter()
+            .flat_map(|l| {
+                l.sockets
+                    .iter()
+                    .filter_map(|s| s.local_addr().ok())
+                    .map(|a| (l.name.to_string(), a))
+            })
+            .collect()
+    }
+
+    /// Serves until `shutdown` completes. Connections in flight are dropped with the runtime.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for l in self.listeners {
+            for socket in l.sockets {
+                tasks.spawn(accept_loop(
+                    socket,
+                    l.config.clone(),
+                    l.name.clone(),
+                    self.snapshot.clone(),
+                ));
+            }
+        }
+        shutdown.await;
+        tasks.abort_all();
+    }
+}
+
+fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // `0.0.0.0:443` and `[::]:443` are both allowed in one listener, so the IPv6 socket
+        // must not also claim IPv4.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn accept_loop(
+    socket: TcpListener,
+    config: Arc<ListenerConfig>,
+    name: Arc<str>,
+    snapshot: Arc<Snapshot>,
+) {
+    loop {
+        match socket.accept().await {
+            Ok((stream, peer)) => {
+                tokio::spawn(serve_one(
+                    snapshot.clone(),
+                    config.clone(),
+                    name.clone(),
+                    stream,
+                    peer,
+                ));
+            }
+            Err(e) => {
+                // Out of descriptors or memory: back off instead of spinning, keep serving.
+                tracing::warn!(listener = %name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_one(
+    snapshot: Arc<Snapshot>,
+    config: Arc<ListenerConfig>,
+    name: Arc<str>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let record = conn::handle(snapshot, config, name, stream, peer).await;
+    record.emit();
+}
