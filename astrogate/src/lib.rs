@@ -2,7 +2,9 @@
 pub mod access_log;
 pub mod config;
 pub mod conn;
+pub mod ebpf;
 pub mod forward;
+pub mod lab;
 pub mod reply;
 pub mod route;
 pub mod server;

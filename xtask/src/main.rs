@@ -55,9 +55,9 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let root = util::workspace_root()?;
     match cli.command {
-        Command::Setup => setup::run(&root, setup::Scope::Everything),
+        Command::Setup => setup::ensure(setup::Scope::Everything),
         Command::BuildEbpf => {
-            setup::run(&root, setup::Scope::EbpfToolchain)?;
+            setup::ensure(setup::Scope::EbpfToolchain)?;
             ebpf::build(&root).map(|_| ())
         }
         Command::Build => build(&root),
@@ -69,7 +69,7 @@ fn main() -> Result<()> {
             util::exec(cmd)
         }
         Command::Test { fuzz_seconds, args } => {
-            setup::run(&root, setup::Scope::Everything)?;
+            setup::ensure(setup::Scope::Everything)?;
             ebpf::build(&root)?;
             util::cargo(&root, &["test", "--workspace", "--release"], &args)?;
             if fuzz_seconds > 0 {
@@ -78,14 +78,14 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Fuzz { seconds } => {
-            setup::run(&root, setup::Scope::Everything)?;
+            setup::ensure(setup::Scope::Everything)?;
             fuzz::run(&root, seconds)
         }
     }
 }
 
 fn build(root: &std::path::Path) -> Result<()> {
-    setup::run(root, setup::Scope::Everything)?;
+    setup::ensure(setup::Scope::Everything)?;
     ebpf::build(root)?;
     util::cargo(root, &["build", "--release", "--workspace", "--bins"], &[])
 }

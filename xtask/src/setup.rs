@@ -35,7 +35,7 @@ pub enum Scope {
     Everything,
 }
 
-pub fn run(_root: &Path, scope: Scope) -> Result<()> {
+pub fn ensure(scope: Scope) -> Result<()> {
     if matches!(scope, Scope::Everything) {
         apt_packages()?;
     }

@@ -5,6 +5,8 @@ use anyhow::{Context, Result};
 use astrogate::{config::Config, server::Server};
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod dial;
+
 #[derive(Parser)]
 #[command(
     name = "astrogate",
@@ -49,6 +51,17 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Connect to HOST PORT through a gateway's dial listener and relay stdin/stdout, like
+    /// netcat. Works as an ssh ProxyCommand: `astrogate dial %h %p --via gw:7070`.
+    Dial {
+        /// Hostname to ask the gateway for.
+        host: String,
+        /// Port to ask the gateway for.
+        port: u16,
+        /// The gateway's dial listener, `host:port`.
+        #[arg(long)]
+        via: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -57,6 +70,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
+        Command::Dial { host, port, via } => dial::run(&host, port, &via),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,95 @@
+use astrogate_common::{Counter, PeerEntry, SockCookie};
+use aya::{
+    maps::{HashMap, MapData, MapError, PerCpuArray, SockHash},
+    programs::{ProgramError, SkSkb},
+    Ebpf, EbpfError,
+};
+
+/// The object `cargo xtask build-ebpf` produced, embedded at build time (empty if it was not
+/// built).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/astrogate.bpf.o"));
+
+const VERDICT_PROGRAM: &str = "astrogate_verdict";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("this binary has no eBPF object embedded: build it with `cargo xtask build-ebpf`")]
+    NotEmbedded,
+    #[error("loading the eBPF object failed (root, or CAP_BPF and CAP_NET_ADMIN, is needed): {0}")]
+    Load(#[from] EbpfError),
+    #[error("the eBPF object has no {kind} named `{name}`")]
+    Missing { kind: &'static str, name: &'static str },
+    #[error("eBPF program `{name}`: {source}")]
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
+    #[error("eBPF map `{name}`: {source}")]
+    Map { name: &'static str, source: MapError },
+}
+
+/// The maps the kernel forwarding path reads and writes.
+pub struct SpliceMaps {
+    /// Sockets whose input the verdict program redirects, keyed by socket cookie.
+    pub socks: SockHash<MapData, SockCookie>,
+    /// Where each socket's input goes.
+    pub peers: HashMap<MapData, SockCookie, PeerEntry>,
+    /// Per-CPU counters indexed by `Counter`.
+    pub counters: PerCpuArray<MapData, u64>,
+}
+
+impl SpliceMaps {
+    /// Sum of a counter over all CPUs.
+    pub fn counter(&self, counter: Counter) -> Result<u64, MapError> {
+        Ok(self.counters.get(&(counter as u32), 0)?.iter().sum())
+    }
+}
+
+/// The loaded programs. Dropping it detaches them and frees the maps that nothing else holds.
+pub struct Kernel {
+    _ebpf: Ebpf,
+}
+
+impl Kernel {
+    /// Loads the embedded object, attaches the stream verdict to the sockhash, and returns the
+    /// map handles.
+    pub fn load() -> Result<(Kernel, SpliceMaps), LoadError> {
+        if OBJECT.is_empty() {
+            return Err(LoadError::NotEmbedded);
+        }
+        let mut ebpf = Ebpf::load(OBJECT)?;
+        let socks: SockHash<MapData, SockCookie> = take_map(&mut ebpf, "SOCKS")?;
+        let peers: HashMap<MapData, SockCookie, PeerEntry> = take_map(&mut ebpf, "PEERS")?;
+        let counters: PerCpuArray<MapData, u64> = take_map(&mut ebpf, "COUNTERS")?;
+        let program_error = |source| LoadError::Program {
+            name: VERDICT_PROGRAM,
+            source,
+        };
+        let verdict: &mut SkSkb = ebpf
+            .program_mut(VERDICT_PROGRAM)
+            .ok_or(LoadError::Missing {
+                kind: "program",
+                name: VERDICT_PROGRAM,
+            })?
+            .try_into()
+            .map_err(program_error)?;
+        verdict.load().map_err(program_error)?;
+        verdict.attach(socks.fd()).map_err(program_error)?;
+        Ok((
+            Kernel { _ebpf: ebpf },
+            SpliceMaps {
+                socks,
+                peers,
+                counters,
+            },
+        ))
+    }
+}
+
+fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, LoadError>
+where
+    M: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(LoadError::Missing { kind: "map", name })?;
+    M::try_from(map).map_err(|source| LoadError::Map { name, source })
+}

@@ -1,0 +1,5 @@
+//! The kernel programs: the only module that touches aya. It owns the loaded `Ebpf` object
+//! (load, attach, detach on drop) and hands typed map handles to the forwarding code.
+mod loader;
+
+pub use loader::{Kernel, LoadError, SpliceMaps};

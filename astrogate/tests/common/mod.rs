@@ -1,0 +1,141 @@
+//! Shared set-up for the integration tests: one namespace per test with the real gateway, real
+//! servers and real clients on its loopback. Guards clean up in reverse order even on panic.
+#![allow(dead_code)]
+
+use std::{
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    process::{Command, Output},
+    time::Duration,
+};
+
+use astrogate::lab::{start_gateway, wait_for, Child, Netns, Tap, Workdir};
+
+pub const GATEWAY: &str = env!("CARGO_BIN_EXE_astrogate");
+
+/// Field order is drop order: processes and taps go before the namespace, the namespace before
+/// the files its processes used.
+pub struct Lab {
+    pub children: Vec<Child>,
+    pub taps: Vec<Tap>,
+    pub ns: Netns,
+    pub dir: Workdir,
+}
+
+impl Lab {
+    pub fn new(tag: &str) -> Lab {
+        let ns = Netns::new(tag).expect("creating the test namespace");
+        let dir = Workdir::new(tag).expect("creating the test directory");
+        Lab {
+            children: Vec::new(),
+            taps: Vec::new(),
+            ns,
+            dir,
+        }
+    }
+
+    /// Starts the gateway with `config` and waits until it serves.
+    pub fn gateway(&mut self, config: &str) {
+        let child = start_gateway(&self.ns, Path::new(GATEWAY), config, &self.dir)
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.children.push(child);
+    }
+
+    /// The gateway's log so far.
+    pub fn gateway_log(&self) -> String {
+        self.children
+            .iter()
+            .find(|c| c.name() == "astrogate")
+            .map(Child::output)
+            .unwrap_or_default()
+    }
+
+    /// Waits for the access-log line matching every `needle`.
+    pub fn wait_access_log(&self, needles: &[&str]) -> String {
+        let found = wait_for("an access-log line", Duration::from_secs(10), || {
+            self.gateway_log()
+                .lines()
+                .find(|l| l.contains("astrogate::access") && needles.iter().all(|n| l.contains(n)))
+                .map(str::to_string)
+        });
+        found.unwrap_or_else(|e| panic!("{e}: wanted {needles:?} in\n{}", self.gateway_log()))
+    }
+
+    /// Starts a long-running process inside the namespace, keeps its guard, and waits for
+    /// `ready` to accept connections when given.
+    pub fn spawn(&mut self, name: &str, program: &str, args: &[&str], ready: Option<SocketAddr>) {
+        let mut cmd = self.ns.command(program);
+        cmd.args(args).current_dir(self.dir.path());
+        let log = self.dir.join(&format!("{name}.log"));
+        let child = Child::spawn(name, &mut cmd, &log).unwrap_or_else(|e| panic!("{e}"));
+        self.children.push(child);
+        if let Some(addr) = ready {
+            self.wait_listening(addr, name);
+        }
+    }
+
+    pub fn wait_listening(&self, addr: SocketAddr, what: &str) {
+        let ns = &self.ns;
+        wait_for(&format!("{what} to listen on {addr}"), Duration::from_secs(10), || {
+            ns.enter(move || TcpStream::connect(addr).is_ok())
+                .ok()
+                .filter(|up| *up)
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Serves `files` (path, contents) over HTTP with Python's http.server.
+    pub fn http_server(&mut self, name: &str, addr: SocketAddr, files: &[(&str, &str)]) {
+        let root = format!("www-{name}");
+        for (path, body) in files {
+            self.dir.write(&format!("{root}/{path}"), body).expect("writing a served file");
+        }
+        let port = addr.port().to_string();
+        let ip = addr.ip().to_string();
+        let root_path = self.dir.join(&root).to_string_lossy().into_owned();
+        self.spawn(
+            name,
+            "python3",
+            &["-m", "http.server", &port, "--bind", &ip, "--directory", &root_path],
+            Some(addr),
+        );
+    }
+
+    /// A recording relay from `listen` to `target`.
+    pub fn tap(&mut self, listen: &str, target: &str) -> usize {
+        let tap = Tap::start(&self.ns, listen.parse().unwrap(), target.parse().unwrap())
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.taps.push(tap);
+        self.taps.len() - 1
+    }
+
+    /// Runs a client program inside the namespace to completion.
+    pub fn client(&self, program: &str, args: &[&str]) -> Output {
+        let mut cmd = self.ns.command(program);
+        cmd.args(args).current_dir(self.dir.path());
+        cmd.output().unwrap_or_else(|e| panic!("running {program}: {e}"))
+    }
+
+    /// A self-signed certificate for `host`, as (cert, key) paths.
+    pub fn cert(&self, host: &str) -> (String, String) {
+        let cert = self.dir.join(&format!("{host}.crt")).to_string_lossy().into_owned();
+        let key = self.dir.join(&format!("{host}.key")).to_string_lossy().into_owned();
+        let out = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+            .args(["-nodes", "-days", "2", "-subj", &format!("/CN={host}")])
+            .args(["-addext", &format!("subjectAltName=DNS:{host}")])
+            .args(["-keyout", &key, "-out", &cert])
+            .output()
+            .expect("running openssl req");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (cert, key)
+    }
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
