@@ -36,6 +36,14 @@ impl<'a> Cursor<'a> {
         Ok(out)
     }
 
+    /// Reads `n` bytes, or fewer when the input ends first: for using the part of a block that
+    /// has arrived so far.
+    pub fn take_up_to(&mut self, n: usize) -> &'a [u8] {
+        let (out, _) = self.rest().split_at(n.min(self.remaining()));
+        self.pos += out.len();
+        out
+    }
+
     pub fn skip(&mut self, n: usize) -> Result<(), Short> {
         self.take(n).map(|_| ())
     }
@@ -85,6 +93,15 @@ mod tests {
         assert_eq!(c.position(), 3);
         assert_eq!(c.take(usize::MAX), Err(Short));
         assert_eq!(c.rest(), &[9]);
+    }
+
+    #[test]
+    fn take_up_to_stops_at_the_end() {
+        let mut c = Cursor::new(&[1, 2, 3]);
+        assert_eq!(c.take_up_to(2), &[1, 2]);
+        assert_eq!(c.take_up_to(usize::MAX), &[3]);
+        assert_eq!(c.take_up_to(1), &[] as &[u8]);
+        assert!(c.is_empty());
     }
 
     #[test]
