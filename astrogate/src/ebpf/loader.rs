@@ -18,14 +18,20 @@ pub enum LoadError {
     #[error("loading the eBPF object failed (root, or CAP_BPF and CAP_NET_ADMIN, is needed): {0}")]
     Load(#[from] EbpfError),
     #[error("the eBPF object has no {kind} named `{name}`")]
-    Missing { kind: &'static str, name: &'static str },
+    Missing {
+        kind: &'static str,
+        name: &'static str,
+    },
     #[error("eBPF program `{name}`: {source}")]
     Program {
         name: &'static str,
         source: ProgramError,
     },
     #[error("eBPF map `{name}`: {source}")]
-    Map { name: &'static str, source: MapError },
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
 }
 
 /// The maps the kernel forwarding path reads and writes.
@@ -90,6 +96,8 @@ fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, LoadError>
 where
     M: TryFrom<aya::maps::Map, Error = MapError>,
 {
-    let map = ebpf.take_map(name).ok_or(LoadError::Missing { kind: "map", name })?;
+    let map = ebpf
+        .take_map(name)
+        .ok_or(LoadError::Missing { kind: "map", name })?;
     M::try_from(map).map_err(|source| LoadError::Map { name, source })
 }

@@ -93,7 +93,11 @@ impl Netns {
     /// Pids of processes inside the namespace.
     pub fn pids(&self) -> Vec<i32> {
         run(Command::new("ip").args(["netns", "pids", &self.name]))
-            .map(|out| out.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+            .map(|out| {
+                out.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -169,7 +173,18 @@ impl Veth {
             a_if: format!("va{n}"),
             b_if: format!("vb{n}"),
         };
-        a.ip(&["link", "add", &veth.a_if, "type", "veth", "peer", "name", &veth.b_if, "netns", b.name()])?;
+        a.ip(&[
+            "link",
+            "add",
+            &veth.a_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &veth.b_if,
+            "netns",
+            b.name(),
+        ])?;
         for (ns, ifname, addrs) in [(a, &veth.a_if, a_addrs), (b, &veth.b_if, b_addrs)] {
             for addr in addrs {
                 let mut args = vec!["addr", "add", addr, "dev", ifname.as_str()];

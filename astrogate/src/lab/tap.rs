@@ -35,20 +35,22 @@ impl Tap {
     pub fn start(ns: &Netns, listen: SocketAddr, target: SocketAddr) -> Result<Tap, LabError> {
         let handle = ns.handle()?;
         let name = ns.name().to_string();
-        let listener = ns.enter(move || TcpListener::bind(listen))?.map_err(|source| {
-            LabError::Io {
+        let listener = ns
+            .enter(move || TcpListener::bind(listen))?
+            .map_err(|source| LabError::Io {
                 what: format!("tap binding {listen}"),
                 source,
-            }
-        })?;
+            })?;
         let addr = listener.local_addr().map_err(|source| LabError::Io {
             what: "tap address".into(),
             source,
         })?;
-        listener.set_nonblocking(true).map_err(|source| LabError::Io {
-            what: "tap nonblocking".into(),
-            source,
-        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| LabError::Io {
+                what: "tap nonblocking".into(),
+                source,
+            })?;
         let records = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (records2, stop2) = (records.clone(), stop.clone());
@@ -83,7 +85,10 @@ impl Tap {
 
     /// Waits until `n` connections have finished, and returns all records so far.
     pub fn wait_records(&self, n: usize, timeout: Duration) -> Result<Vec<TapRecord>, LabError> {
-        let what = format!("{n} finished connection(s) through the tap at {}", self.addr);
+        let what = format!(
+            "{n} finished connection(s) through the tap at {}",
+            self.addr
+        );
         wait_for(&what, timeout, || {
             let records = self.records.lock().ok()?;
             (records.len() >= n).then(|| records.clone())

@@ -54,7 +54,10 @@ pub fn parse_reply(buf: &[u8]) -> Sniff<(u16, usize)> {
     let Some(rest) = line.strip_prefix(b"ASTROGATE-DIAL/1 ") else {
         return Sniff::Malformed(super::Malformed("bad dial reply"));
     };
-    match std::str::from_utf8(rest.get(..3).unwrap_or_default()).ok().and_then(|c| c.parse().ok()) {
+    match std::str::from_utf8(rest.get(..3).unwrap_or_default())
+        .ok()
+        .and_then(|c| c.parse().ok())
+    {
         Some(code) => Sniff::Found((code, end + 1)),
         None => Sniff::Malformed(super::Malformed("bad dial reply")),
     }

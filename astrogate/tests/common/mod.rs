@@ -76,11 +76,15 @@ impl Lab {
 
     pub fn wait_listening(&self, addr: SocketAddr, what: &str) {
         let ns = &self.ns;
-        wait_for(&format!("{what} to listen on {addr}"), Duration::from_secs(10), || {
-            ns.enter(move || TcpStream::connect(addr).is_ok())
-                .ok()
-                .filter(|up| *up)
-        })
+        wait_for(
+            &format!("{what} to listen on {addr}"),
+            Duration::from_secs(10),
+            || {
+                ns.enter(move || TcpStream::connect(addr).is_ok())
+                    .ok()
+                    .filter(|up| *up)
+            },
+        )
         .unwrap_or_else(|e| panic!("{e}"));
     }
 
@@ -88,7 +92,9 @@ impl Lab {
     pub fn http_server(&mut self, name: &str, addr: SocketAddr, files: &[(&str, &str)]) {
         let root = format!("www-{name}");
         for (path, body) in files {
-            self.dir.write(&format!("{root}/{path}"), body).expect("writing a served file");
+            self.dir
+                .write(&format!("{root}/{path}"), body)
+                .expect("writing a served file");
         }
         let port = addr.port().to_string();
         let ip = addr.ip().to_string();
@@ -96,7 +102,15 @@ impl Lab {
         self.spawn(
             name,
             "python3",
-            &["-m", "http.server", &port, "--bind", &ip, "--directory", &root_path],
+            &[
+                "-m",
+                "http.server",
+                &port,
+                "--bind",
+                &ip,
+                "--directory",
+                &root_path,
+            ],
             Some(addr),
         );
     }
@@ -113,21 +127,41 @@ impl Lab {
     pub fn client(&self, program: &str, args: &[&str]) -> Output {
         let mut cmd = self.ns.command(program);
         cmd.args(args).current_dir(self.dir.path());
-        cmd.output().unwrap_or_else(|e| panic!("running {program}: {e}"))
+        cmd.output()
+            .unwrap_or_else(|e| panic!("running {program}: {e}"))
     }
 
     /// A self-signed certificate for `host`, as (cert, key) paths.
     pub fn cert(&self, host: &str) -> (String, String) {
-        let cert = self.dir.join(&format!("{host}.crt")).to_string_lossy().into_owned();
-        let key = self.dir.join(&format!("{host}.key")).to_string_lossy().into_owned();
+        let cert = self
+            .dir
+            .join(&format!("{host}.crt"))
+            .to_string_lossy()
+            .into_owned();
+        let key = self
+            .dir
+            .join(&format!("{host}.key"))
+            .to_string_lossy()
+            .into_owned();
         let out = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
             .args(["-nodes", "-days", "2", "-subj", &format!("/CN={host}")])
             .args(["-addext", &format!("subjectAltName=DNS:{host}")])
             .args(["-keyout", &key, "-out", &cert])
             .output()
             .expect("running openssl req");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         (cert, key)
     }
 }
