@@ -86,16 +86,16 @@ impl AccessRecord {
             target: "astrogate::access",
             client = %self.client,
             listener = %self.listener,
-            protocol = self.protocol.map_or(none, Protocol::name),
-            host = self.host.as_ref().map_or(none, Hostname::as_str),
-            target = self.target.as_deref().unwrap_or(none),
+            protocol = %self.protocol.map_or(none, Protocol::name),
+            host = %self.host.as_ref().map_or(none, Hostname::as_str),
+            target = %self.target.as_deref().unwrap_or(none),
             upstream = %self.upstream.map_or_else(|| none.to_string(), |a| a.to_string()),
             up_bytes = self.up_bytes,
             down_bytes = self.down_bytes,
             duration_ms = self.started.elapsed().as_millis() as u64,
             path = %self.path.map_or_else(|| none.to_string(), |p| p.to_string()),
-            outcome = self.outcome.as_str(),
-            detail = self.detail.as_deref().unwrap_or(none),
+            outcome = %self.outcome.as_str(),
+            detail = %self.detail.as_deref().unwrap_or(none),
             "connection"
         );
     }
