@@ -12,6 +12,9 @@ pub mod http;
 pub mod tls;
 pub mod xmpp;
 
+#[cfg(test)]
+mod classify_tests;
+
 use std::fmt;
 
 use serde::Deserialize;
@@ -169,7 +172,11 @@ pub(crate) mod test_support {
         expected: T,
     ) {
         for end in 0..complete_at {
-            assert_eq!(sniff(&input[..end]), Sniff::Incomplete, "prefix of {end} bytes");
+            assert_eq!(
+                sniff(&input[..end]),
+                Sniff::Incomplete,
+                "prefix of {end} bytes"
+            );
         }
         for end in complete_at..=input.len() {
             assert_eq!(
