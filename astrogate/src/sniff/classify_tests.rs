@@ -1,7 +1,143 @@
 //! `classify` over the text-protocol fixtures, and the mutation check the sniffers share.
-use super::{Malformed, Sniff};
+use super::xmpp::{StreamHeader, StreamKind};
+use super::{acme, classify, http, Classified, Detected, Hostname, Malformed, Protocol, Sniff};
 
 const CURL: &[u8] = include_bytes!("../../tests/fixtures/http/curl-http11-host-port.bin");
+const H2: &[u8] = include_bytes!("../../tests/fixtures/http/curl-http2-prior-knowledge.bin");
+const CHALLENGE: &[u8] = include_bytes!("../../tests/fixtures/acme/curl-resolve-challenge.bin");
+const CHALLENGE_NO_HOST: &[u8] =
+    include_bytes!("../../tests/fixtures/acme/curl-http10-no-host-challenge.bin");
+const XMPP_C2S: &[u8] = include_bytes!("../../tests/fixtures/xmpp/sendxmpp-c2s.bin");
+const XMPP_S2S: &[u8] = include_bytes!("../../tests/fixtures/xmpp/prosody-s2s.bin");
+const DIAL: &[u8] = include_bytes!("../../tests/fixtures/dial/pipelined.bin");
+const DUP_HOST: &[u8] = include_bytes!("../../tests/fixtures/http/hostile-duplicate-host.bin");
+
+use Protocol::{Acme, Dial, Http, Tls, Xmpp};
+
+fn host(name: &str) -> Option<Hostname> {
+    Some(Hostname::parse(name.as_bytes()).unwrap())
+}
+
+fn detected_protocol(c: &Classified) -> Option<Protocol> {
+    match c {
+        Classified::Detected(d) => Some(d.protocol()),
+        _ => None,
+    }
+}
+
+#[test]
+fn acme_first_takes_challenges_and_leaves_the_rest_to_http() {
+    let order = [Acme, Http];
+    let Classified::Detected(Detected::Acme(ch)) = classify(&order, CHALLENGE) else {
+        panic!("challenge not routed to acme");
+    };
+    assert_eq!(Some(ch.host), host("blog.example.com"));
+    assert!(ch.path.starts_with(acme::CHALLENGE_PREFIX));
+    assert_eq!(detected_protocol(&classify(&order, CURL)), Some(Http));
+    // Without a host no certificate is at stake: plain HTTP handles it.
+    assert_eq!(
+        classify(&order, CHALLENGE_NO_HOST),
+        Classified::Detected(Detected::Http(http::Request {
+            host: None,
+            path: "/.well-known/acme-challenge/LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"
+                .to_owned(),
+        }))
+    );
+}
+
+#[test]
+fn acme_decides_on_the_request_line_so_http_is_not_held_back() {
+    // A non-challenge request line: acme steps aside, and http waits for the headers.
+    let line_end = CURL.iter().position(|&b| b == b'\n').unwrap() + 1;
+    assert_eq!(acme::sniff(&CURL[..line_end]), Sniff::NotThis);
+    assert_eq!(
+        classify(&[Acme, Http], &CURL[..line_end]),
+        Classified::NeedMore
+    );
+    // A challenge request line keeps acme undecided, which holds http back.
+    let line_end = CHALLENGE.iter().position(|&b| b == b'\n').unwrap() + 1;
+    assert_eq!(
+        classify(&[Acme, Http], &CHALLENGE[..line_end]),
+        Classified::NeedMore
+    );
+}
+
+#[test]
+fn http_first_shadows_acme() {
+    let order = [Http, Acme];
+    assert_eq!(detected_protocol(&classify(&order, CHALLENGE)), Some(Http));
+    assert_eq!(detected_protocol(&classify(&order, CURL)), Some(Http));
+}
+
+#[test]
+fn malformed_http_is_reported_whichever_of_acme_and_http_sees_it() {
+    let expected = Malformed("more than one Host header");
+    assert_eq!(
+        classify(&[Http, Acme], DUP_HOST),
+        Classified::Malformed(Http, expected)
+    );
+    // The fixture asks for a non-challenge path, so acme steps aside and http reports it.
+    assert_eq!(
+        classify(&[Acme, Http], DUP_HOST),
+        Classified::Malformed(Http, expected)
+    );
+}
+
+#[test]
+fn mixed_listener_routes_each_protocol() {
+    let order = [Tls, Http, Xmpp, Dial];
+    assert_eq!(detected_protocol(&classify(&order, CURL)), Some(Http));
+    assert_eq!(
+        classify(&order, XMPP_C2S),
+        Classified::Detected(Detected::Xmpp(StreamHeader {
+            to: host("example.com"),
+            kind: StreamKind::Client,
+        }))
+    );
+    assert_eq!(
+        classify(&order, XMPP_S2S),
+        Classified::Detected(Detected::Xmpp(StreamHeader {
+            to: host("federated.example"),
+            kind: StreamKind::Server,
+        }))
+    );
+    let Classified::Detected(Detected::Dial(dial)) = classify(&order, DIAL) else {
+        panic!("dial header not detected");
+    };
+    assert_eq!((Some(dial.host), dial.port), (host("blog.example.com"), 22));
+    // Acme is not enabled here, so a challenge is plain HTTP.
+    assert_eq!(detected_protocol(&classify(&order, CHALLENGE)), Some(Http));
+}
+
+#[test]
+fn mixed_listener_waits_while_an_earlier_sniffer_is_undecided() {
+    let order = [Tls, Http, Xmpp, Dial];
+    assert_eq!(classify(&order, b""), Classified::NeedMore);
+    // Uppercase letters could still be an HTTP method, so dial must wait...
+    assert_eq!(classify(&order, &DIAL[..9]), Classified::NeedMore);
+    // ...until the `-` rules HTTP out; then dial itself is undecided.
+    assert_eq!(classify(&order, &DIAL[..12]), Classified::NeedMore);
+    assert_eq!(classify(&order, H2), Classified::Unrecognized);
+    assert_eq!(
+        classify(&order, b"\x00\x01garbage"),
+        Classified::Unrecognized
+    );
+    assert_eq!(
+        classify(&order, b"SSH-2.0-OpenSSH_9.2\r\n"),
+        Classified::Unrecognized
+    );
+}
+
+#[test]
+fn classify_survives_mutations() {
+    let order = Protocol::ALL;
+    assert_mutations_stable(
+        |b| classify(&order, b),
+        |c| !matches!(c, Classified::NeedMore | Classified::Unrecognized),
+        &[CURL, CHALLENGE, XMPP_C2S, XMPP_S2S, DIAL, DUP_HOST],
+        4_000,
+    );
+}
 
 /// A tiny deterministic PRNG (xorshift64), so mutation runs are reproducible without crates.
 pub(crate) struct XorShift(u64);
