@@ -172,11 +172,7 @@ pub(crate) mod test_support {
         expected: T,
     ) {
         for end in 0..complete_at {
-            assert_eq!(
-                sniff(&input[..end]),
-                Sniff::Incomplete,
-                "prefix of {end} bytes"
-            );
+            assert_eq!(sniff(&input[..end]), Sniff::Incomplete, "prefix of {end} bytes");
         }
         for end in complete_at..=input.len() {
             assert_eq!(
