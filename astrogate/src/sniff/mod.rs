@@ -12,6 +12,9 @@ pub mod http;
 pub mod tls;
 pub mod xmpp;
 
+#[cfg(test)]
+mod classify_tests;
+
 use std::fmt;
 
 use serde::Deserialize;
