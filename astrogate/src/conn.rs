@@ -60,6 +60,7 @@ async fn serve(
         }
         Err(e) => {
             rec.detail = Some(e.to_string());
+            close_gracefully(client).await;
             return e.outcome();
         }
     };

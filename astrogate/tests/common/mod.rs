@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use astrogate::lab::{start_gateway, wait_for, Child, Netns, Tap, Workdir};
+use astrogate::lab::{start_gateway, wait_for, Child, Netns, Tap, Veth, Workdir};
 
 pub const GATEWAY: &str = env!("CARGO_BIN_EXE_astrogate");
 
@@ -18,6 +18,7 @@ pub const GATEWAY: &str = env!("CARGO_BIN_EXE_astrogate");
 pub struct Lab {
     pub children: Vec<Child>,
     pub taps: Vec<Tap>,
+    pub peers: Vec<Netns>,
     pub ns: Netns,
     pub dir: Workdir,
 }
@@ -29,9 +30,38 @@ impl Lab {
         Lab {
             children: Vec::new(),
             taps: Vec::new(),
+            peers: Vec::new(),
             ns,
             dir,
         }
+    }
+
+    /// Routes `cidr` (an IPv4 /24) to a veth whose far end never answers: connects to it time
+    /// out instead of failing at once.
+    pub fn blackhole(&mut self, cidr: &str, local: &str) {
+        let void = Netns::new("void").expect("creating the blackhole namespace");
+        let veth = Veth::connect(&self.ns, &[local], &void, &[]).expect("creating the veth");
+        let target = cidr
+            .split('/')
+            .next()
+            .unwrap()
+            .trim_end_matches(".0")
+            .to_string()
+            + ".1";
+        self.ns
+            .ip(&[
+                "neigh",
+                "add",
+                &target,
+                "lladdr",
+                "02:00:00:00:00:01",
+                "dev",
+                &veth.a_if,
+                "nud",
+                "permanent",
+            ])
+            .expect("adding a permanent neighbour");
+        self.peers.push(void);
     }
 
     /// Starts the gateway with `config` and waits until it serves.
