@@ -7,7 +7,8 @@ use anyhow::{bail, Context, Result};
 use crate::{setup::tools_dir, util::step};
 
 pub fn run(root: &Path, seconds: u32) -> Result<()> {
-    let cargo_fuzz = crate::setup::cargo_fuzz()?;
+    // Installed into the tools directory; cargo finds `cargo-fuzz` there through PATH.
+    crate::setup::cargo_fuzz()?;
     let crate_dir = root.join("astrogate");
     let targets_dir = crate_dir.join("fuzz/fuzz_targets");
     let mut targets: Vec<String> = fs::read_dir(&targets_dir)
@@ -25,7 +26,7 @@ pub fn run(root: &Path, seconds: u32) -> Result<()> {
         let corpus = crate_dir.join("fuzz/corpus").join(target);
         fs::create_dir_all(&corpus)?;
         let seeds = crate_dir.join("tests/fixtures").join(target);
-        let mut cmd = Command::new(&cargo_fuzz);
+        let mut cmd = Command::new("cargo");
         cmd.current_dir(&crate_dir)
             .env_remove("RUSTUP_TOOLCHAIN")
             .env("PATH", path_with(&tools_dir()?.join("bin"))?)

@@ -53,7 +53,7 @@ pub fn tools_dir() -> Result<PathBuf> {
     Ok(cargo_home.join("astrogate-tools"))
 }
 
-const CARGO_FUZZ_VERSION: &str = "0.13.1";
+const CARGO_FUZZ_VERSION: &str = "0.13.1"; // builds on the stable 1.95 here
 
 /// Installs cargo-fuzz on first use and returns its path.
 pub fn cargo_fuzz() -> Result<PathBuf> {
