@@ -5,6 +5,27 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Short;
 
+/// Why a hand-written parser stopped: the shared control flow of the line and tag sniffers.
+#[derive(Debug)]
+pub enum Stop {
+    /// The input ended first: need more bytes.
+    Short,
+    /// The bytes rule this protocol out.
+    NotThis,
+    Bad(super::Malformed),
+}
+
+impl From<Short> for Stop {
+    fn from(_: Short) -> Self {
+        Stop::Short
+    }
+}
+
+/// Stops with a malformed-input reason.
+pub fn bad<T>(reason: &'static str) -> Result<T, Stop> {
+    Err(Stop::Bad(super::Malformed(reason)))
+}
+
 #[derive(Debug, Clone)]
 pub struct Cursor<'a> {
     buf: &'a [u8],
@@ -46,6 +67,11 @@ impl<'a> Cursor<'a> {
 
     pub fn skip(&mut self, n: usize) -> Result<(), Short> {
         self.take(n).map(|_| ())
+    }
+
+    /// The next byte, without consuming it.
+    pub fn peek(&self) -> Result<u8, Short> {
+        self.buf.get(self.pos).copied().ok_or(Short)
     }
 
     pub fn u8(&mut self) -> Result<u8, Short> {

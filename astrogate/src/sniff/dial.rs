@@ -42,7 +42,7 @@
 //!
 //! After any code other than 200 the gateway closes the connection. [`parse_reply`] reads this
 //! line on the client side.
-use super::cursor::{Cursor, Short};
+use super::cursor::{bad, Cursor, Short, Stop};
 use super::http::host_or_ip;
 use super::{Hostname, Malformed, Sniff};
 
@@ -117,23 +117,6 @@ pub fn parse_reply(buf: &[u8]) -> Sniff<(u16, usize)> {
     read_line(buf, reply)
 }
 
-/// Why a line could not be read (yet).
-enum Stop {
-    Short,
-    NotThis,
-    Bad(Malformed),
-}
-
-impl From<Short> for Stop {
-    fn from(_: Short) -> Self {
-        Stop::Short
-    }
-}
-
-fn bad<T>(reason: &'static str) -> Result<T, Stop> {
-    Err(Stop::Bad(Malformed(reason)))
-}
-
 /// Runs a line parser over at most [`MAX_LINE`] bytes. The cap is applied to a fixed prefix,
 /// so a verdict reached within it never changes when more bytes arrive.
 fn read_line<T>(buf: &[u8], parse: fn(&mut Cursor<'_>) -> Result<T, Stop>) -> Sniff<T> {
@@ -173,10 +156,6 @@ fn reply(c: &mut Cursor<'_>) -> Result<(u16, usize), Stop> {
     Ok((code, c.position()))
 }
 
-fn peek(c: &Cursor<'_>) -> Result<u8, Short> {
-    c.clone().u8()
-}
-
 fn prefix_and_version(c: &mut Cursor<'_>) -> Result<(), Stop> {
     for &expected in PREFIX {
         if c.u8()? != expected {
@@ -187,7 +166,7 @@ fn prefix_and_version(c: &mut Cursor<'_>) -> Result<(), Stop> {
         return Err(Stop::Bad(BAD_VERSION));
     }
     // `/10` or `/1.1` is another version, not version 1 followed by garbage.
-    if !matches!(peek(c)?, b' ' | b'\r' | b'\n') {
+    if !matches!(c.peek()?, b' ' | b'\r' | b'\n') {
         return Err(Stop::Bad(BAD_VERSION));
     }
     Ok(())
@@ -208,7 +187,7 @@ fn host(c: &mut Cursor<'_>) -> Result<Hostname, Stop> {
         .position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')))
         .ok_or(Short)?;
     let raw = c.take(len)?;
-    if !matches!(peek(c)?, b' ' | b'\r' | b'\n') {
+    if !matches!(c.peek()?, b' ' | b'\r' | b'\n') {
         return bad("dial host has a character outside [A-Za-z0-9._-]");
     }
     // Hostname::parse takes `127.0.0.1` for a name; the gateway routes by name only.
@@ -225,7 +204,7 @@ fn port(c: &mut Cursor<'_>) -> Result<u16, Stop> {
     let mut port: u32 = 0;
     let mut digits = 0;
     loop {
-        match peek(c)? {
+        match c.peek()? {
             b'0' if digits == 0 => return bad(BAD_PORT),
             d @ b'0'..=b'9' => {
                 port = port * 10 + u32::from(d - b'0');
@@ -261,7 +240,7 @@ fn status_code(c: &mut Cursor<'_>) -> Result<u16, Stop> {
 
 fn reason(c: &mut Cursor<'_>) -> Result<(), Stop> {
     loop {
-        match peek(c)? {
+        match c.peek()? {
             b'\r' | b'\n' => return Ok(()),
             0x20..=0x7E => c.skip(1)?,
             _ => return bad("dial reply reason is not printable ASCII"),

@@ -17,7 +17,7 @@
 //!   `Malformed`. An IP literal in `to` names no host (`to: None`), like a missing `to`.
 use std::borrow::Cow;
 
-use super::cursor::{Cursor, Short};
+use super::cursor::{bad, Cursor, Short, Stop};
 use super::http::host_or_ip;
 use super::{Hostname, Malformed, Sniff};
 
@@ -58,30 +58,13 @@ pub fn sniff(buf: &[u8]) -> Sniff<StreamHeader> {
     }
 }
 
-/// Why parsing stopped short of a header.
-enum Stop {
-    Short,
-    NotThis,
-    Bad(Malformed),
-}
-
-impl From<Short> for Stop {
-    fn from(_: Short) -> Self {
-        Stop::Short
-    }
-}
-
-fn bad<T>(reason: &'static str) -> Result<T, Stop> {
-    Err(Stop::Bad(Malformed(reason)))
-}
-
 fn parse(c: &mut Cursor<'_>) -> Result<StreamHeader, Stop> {
-    if peek(c)? == BOM[0] {
+    if c.peek()? == BOM[0] {
         literal(c, &BOM)?;
     }
     skip_ws(c)?;
     literal(c, b"<")?;
-    if peek(c)? == b'?' {
+    if c.peek()? == b'?' {
         xml_declaration(c)?;
         skip_ws(c)?;
         literal(c, b"<")?;
@@ -89,10 +72,6 @@ fn parse(c: &mut Cursor<'_>) -> Result<StreamHeader, Stop> {
     let name = element_name(c)?;
     let attrs = attributes(c)?;
     resolve(name, &attrs)
-}
-
-fn peek(c: &Cursor<'_>) -> Result<u8, Short> {
-    c.clone().u8()
 }
 
 fn is_ws(b: u8) -> bool {
@@ -103,7 +82,7 @@ fn is_ws(b: u8) -> bool {
 /// since something must follow.
 fn skip_ws(c: &mut Cursor<'_>) -> Result<bool, Short> {
     let mut any = false;
-    while is_ws(peek(c)?) {
+    while is_ws(c.peek()?) {
         c.skip(1)?;
         any = true;
     }
@@ -129,7 +108,7 @@ fn xml_declaration(c: &mut Cursor<'_>) -> Result<(), Stop> {
     }
     loop {
         match c.u8()? {
-            b'?' if peek(c)? == b'>' => return Ok(c.skip(1)?),
+            b'?' if c.peek()? == b'>' => return Ok(c.skip(1)?),
             b'<' | b'>' => return Err(Stop::NotThis),
             _ => {}
         }
@@ -162,7 +141,7 @@ fn name<'a>(c: &mut Cursor<'a>) -> Result<&'a [u8], Short> {
 
 /// The element's name, which must be `stream` or `PREFIX:stream`.
 fn element_name<'a>(c: &mut Cursor<'a>) -> Result<&'a [u8], Stop> {
-    if !is_name_start(peek(c)?) {
+    if !is_name_start(c.peek()?) {
         // `<!--`, `<!DOCTYPE`, `</x>` or no markup at all.
         return Err(Stop::NotThis);
     }
@@ -211,7 +190,7 @@ fn attributes<'a>(c: &mut Cursor<'a>) -> Result<Vec<Attr<'a>>, Stop> {
     let mut attrs: Vec<Attr<'a>> = Vec::new();
     loop {
         let separated = skip_ws(c)?;
-        match peek(c)? {
+        match c.peek()? {
             b'>' => {
                 c.skip(1)?;
                 return Ok(attrs);
@@ -233,7 +212,7 @@ fn attributes<'a>(c: &mut Cursor<'a>) -> Result<Vec<Attr<'a>>, Stop> {
 }
 
 fn attribute<'a>(c: &mut Cursor<'a>) -> Result<Attr<'a>, Stop> {
-    if !is_name_start(peek(c)?) {
+    if !is_name_start(c.peek()?) {
         return bad("invalid XML attribute name");
     }
     let name = name(c)?;
