@@ -11,23 +11,53 @@ use bytemuck::{Pod, Zeroable};
 /// boot and available both to `sk_skb` programs and to user space (`SO_COOKIE`).
 pub type SockCookie = u64;
 
-/// Value of the `PEERS` map: where bytes arriving on a socket are redirected to.
+/// Value of the `PEERS` map, written only by user space: where bytes arriving on a socket go.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct PeerEntry {
     /// Cookie of the socket that receives this socket's input on its egress.
     pub peer: SockCookie,
+    /// Redirected-byte count (`SockStats::redirected`) past which the program asks user space
+    /// to look at the peer's backlog. User space raises it as the peer drains.
+    pub limit: u64,
     /// Bit set of `PEER_FLAG_*`.
     pub flags: u32,
     /// Explicit padding so the layout has no hidden bytes.
     pub _reserved: u32,
 }
-const _: () = assert!(core::mem::size_of::<PeerEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<PeerEntry>() == 24);
 
-/// Set once both sockets of a pair are in the sockhash. Until then the verdict passes data to
-/// the socket's own receive queue, where user space can still read it: a redirect to a key that
-/// is not yet present would drop it silently.
+/// Set once both sockets of a pair are in the redirect-target map. Until then the verdict
+/// passes data to the socket's own receive queue, where user space can still read it: a
+/// redirect to a key that is not yet present would drop it silently.
 pub const PEER_FLAG_ENABLED: u32 = 1;
+
+/// Value of the `STATS` map, written only by the verdict program (user space creates each
+/// entry zeroed before the socket can be verdicted, then only reads it). Keeping writers apart
+/// matters: a user-space update replaces the whole element, which would lose the program's
+/// in-place increments.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct SockStats {
+    /// Bytes redirected from this socket to its peer's egress.
+    pub redirected: u64,
+    /// Bytes passed to this socket's own receive queue (pair not yet enabled).
+    pub passed: u64,
+    /// The `PeerEntry::limit` for which an over-limit event was last sent, so each limit is
+    /// reported once.
+    pub notified_limit: u64,
+}
+const _: () = assert!(core::mem::size_of::<SockStats>() == 24);
+
+/// Ring-buffer record: a socket's redirected bytes crossed its limit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct OverLimit {
+    pub cookie: SockCookie,
+    /// `SockStats::redirected` after the skb that crossed the limit.
+    pub redirected: u64,
+}
+const _: () = assert!(core::mem::size_of::<OverLimit>() == 16);
 
 /// Per-CPU counters the verdict program maintains, indexed by `Counter`.
 #[repr(u32)]
@@ -37,16 +67,22 @@ pub enum Counter {
     Redirected = 0,
     /// bytes redirected to the peer socket.
     RedirectedBytes = 1,
-    /// skbs passed to the socket's own receive queue (pair not enabled, or zero length).
+    /// skbs passed to the socket's own receive queue (pair not enabled, or a bare FIN).
     Passed = 2,
     /// skbs for which no peer entry existed.
     NoPeer = 3,
+    /// skbs whose redirect failed because the peer had left the target map.
+    RedirectFailed = 4,
+    /// over-limit events that did not fit in the ring buffer.
+    EventsLost = 5,
 }
 /// Number of `Counter` variants; size of the counter array map.
-pub const COUNTER_COUNT: u32 = 4;
+pub const COUNTER_COUNT: u32 = 6;
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: PeerEntry is repr(C), Pod (no padding, every bit pattern valid).
+    // SAFETY: each type is repr(C) and Pod: no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::PeerEntry {}
+    unsafe impl aya::Pod for super::SockStats {}
+    unsafe impl aya::Pod for super::OverLimit {}
 }

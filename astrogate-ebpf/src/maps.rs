@@ -1,20 +1,36 @@
 //! Every map the programs use, declared in one place so names and sizes match the loader.
-use astrogate_common::{PeerEntry, SockCookie, COUNTER_COUNT};
+use astrogate_common::{PeerEntry, SockCookie, SockStats, COUNTER_COUNT};
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, SockHash},
+    maps::{HashMap, PerCpuArray, RingBuf, SockHash},
 };
 
 /// Upper bound on spliced sockets (two per connection). User space checks it before inserting.
 pub const MAX_SOCKETS: u32 = 262_144;
 
-/// The sockets whose input the verdict program sees, keyed by socket cookie.
+/// The sockets whose input the verdict program sees, keyed by socket cookie. The verdict is
+/// attached to this map: taking a socket out pauses its input (the bytes wait in its receive
+/// queue under TCP flow control) without tearing down its psock.
 #[map(name = "SOCKS")]
 pub static SOCKS: SockHash<SockCookie> = SockHash::with_max_entries(MAX_SOCKETS, 0);
 
-/// For each socket in `SOCKS`, the socket its input is redirected to.
+/// Every spliced socket, keyed by cookie: the redirect targets. No program is attached, so
+/// membership keeps a socket's psock (and the bytes queued for its egress) alive while it is
+/// out of `SOCKS`.
+#[map(name = "TARGETS")]
+pub static TARGETS: SockHash<SockCookie> = SockHash::with_max_entries(MAX_SOCKETS, 0);
+
+/// For each socket in `SOCKS`, where its input goes and its backlog limit. User space writes it.
 #[map(name = "PEERS")]
 pub static PEERS: HashMap<SockCookie, PeerEntry> = HashMap::with_max_entries(MAX_SOCKETS, 0);
+
+/// Per-socket byte counts. Only the verdict program writes them.
+#[map(name = "STATS")]
+pub static STATS: HashMap<SockCookie, SockStats> = HashMap::with_max_entries(MAX_SOCKETS, 0);
+
+/// Over-limit notices for user space, which pauses the source or raises its limit.
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 /// Counters indexed by `astrogate_common::Counter`.
 #[map(name = "COUNTERS")]

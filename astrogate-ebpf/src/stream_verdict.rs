@@ -1,6 +1,6 @@
 //! `sk_skb` stream verdict: redirects bytes that arrive on one socket of a pair to the egress
 //! of its peer, so established connections are forwarded without a copy through user space.
-use astrogate_common::{Counter, PEER_FLAG_ENABLED};
+use astrogate_common::{Counter, OverLimit, PEER_FLAG_ENABLED};
 use aya_ebpf::{
     bindings::sk_action::{SK_DROP, SK_PASS},
     helpers::bpf_get_socket_cookie,
@@ -9,7 +9,7 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 
-use crate::maps::{COUNTERS, PEERS, SOCKS};
+use crate::maps::{COUNTERS, EVENTS, PEERS, STATS, TARGETS};
 
 #[stream_verdict]
 pub fn astrogate_verdict(ctx: SkBuffContext) -> u32 {
@@ -17,50 +17,56 @@ pub fn astrogate_verdict(ctx: SkBuffContext) -> u32 {
 }
 
 fn try_verdict(ctx: &SkBuffContext) -> u32 {
-    let len = ctx.len();
+    let len = u64::from(ctx.len());
     // A bare FIN arrives as an empty skb; redirecting it makes the peer's transmit fail. EOF is
-    // handled by user space, so pass it to the socket's own queue.
+    // handled by user space, which sees it on this socket once the FIN is passed.
     if len == 0 {
-        count(Counter::Passed, 0);
+        count(Counter::Passed, 1);
         return SK_PASS;
     }
     // SAFETY: the context pointer is the skb the kernel handed to this program.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: the value is only read, and copied out before any other map call.
-    let entry = match unsafe { PEERS.get(&cookie) } {
-        Some(entry) => *entry,
-        None => {
-            count(Counter::NoPeer, 0);
-            return SK_PASS;
-        }
+    // SAFETY: the entry is copied out at once; user space replaces entries, never edits them.
+    let Some(mut entry) = (unsafe { PEERS.get(&cookie) }).copied() else {
+        count(Counter::NoPeer, 1);
+        return SK_PASS;
     };
+    let Some(stats) = STATS.get_ptr_mut(&cookie) else {
+        count(Counter::NoPeer, 1);
+        return SK_PASS;
+    };
+    // SAFETY: only this program writes STATS, and one socket's verdicts run one at a time
+    // (under the socket's lock), so these plain read-modify-writes do not race.
+    let stats = unsafe { &mut *stats };
     if entry.flags & PEER_FLAG_ENABLED == 0 {
-        count(Counter::Passed, 0);
+        stats.passed += len;
+        count(Counter::Passed, 1);
         return SK_PASS;
     }
-    let mut peer = entry.peer;
-    let verdict = SOCKS.redirect_skb(ctx, &mut peer, 0) as u32;
-    if verdict == SK_PASS {
-        count(Counter::Redirected, u64::from(len));
-    } else {
-        // The peer left the map between the lookup and the redirect: the connection is ending
-        // and user space will see the error on its side.
-        count(Counter::NoPeer, 0);
+    let redirected = stats.redirected + len;
+    if redirected > entry.limit && stats.notified_limit != entry.limit {
+        stats.notified_limit = entry.limit;
+        let notice = OverLimit { cookie, redirected };
+        if EVENTS.output::<OverLimit>(&notice, 0).is_err() {
+            count(Counter::EventsLost, 1);
+        }
+    }
+    let verdict = TARGETS.redirect_skb(ctx, &mut entry.peer, 0) as u32;
+    if verdict != SK_PASS {
+        // The peer left the target map: the connection is closing, and user space reports it.
+        count(Counter::RedirectFailed, 1);
         return SK_DROP;
     }
+    stats.redirected = redirected;
+    count(Counter::Redirected, 1);
+    count(Counter::RedirectedBytes, len);
     verdict
 }
 
 #[inline(always)]
-fn count(counter: Counter, bytes: u64) {
+fn count(counter: Counter, n: u64) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
-        unsafe { *slot += 1 };
-    }
-    if bytes > 0 {
-        if let Some(slot) = COUNTERS.get_ptr_mut(Counter::RedirectedBytes as u32) {
-            // SAFETY: as above.
-            unsafe { *slot += bytes };
-        }
+        // SAFETY: per-CPU slot; nothing else on this CPU runs while the program does.
+        unsafe { *slot += n };
     }
 }

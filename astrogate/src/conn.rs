@@ -7,7 +7,12 @@ use tokio::{net::TcpStream, time::Instant};
 use crate::{
     access_log::{AccessRecord, Outcome},
     config::{GatewaySettings, ListenerConfig, Target},
-    forward::{self, userspace::write_all},
+    forward::{
+        self,
+        kernel::{KernelPath, SpliceError},
+        userspace::{reset_on_close, write_all},
+        Forwarded,
+    },
     reply::{self, Refusal},
     route::{AcmeAction, RouteTable},
     sniff::{classify, dial::DialStatus, Classified, Detected, Malformed, Protocol},
@@ -15,10 +20,11 @@ use crate::{
 };
 
 /// The parts of the config a connection reads; swapped as a whole on reload.
-#[derive(Debug)]
 pub struct Snapshot {
     pub settings: GatewaySettings,
     pub routes: RouteTable,
+    /// The kernel forwarding path, when it is loaded and the config allows it.
+    pub kernel: Option<Arc<KernelPath>>,
 }
 
 /// How long a refusal may take to write and drain, so a client that does not read cannot
@@ -117,12 +123,19 @@ async fn serve(
         }
     }
     if let Err(e) = write_all(&upstream, replay).await {
-        forward::userspace::reset_on_close(client);
+        reset_on_close(client);
         return fail(rec, Outcome::UpstreamReset, e);
     }
     rec.up_bytes = replay.len() as u64;
 
-    let done = forward::userspace::forward(client, &upstream, snap.settings.buffer_size).await;
+    let done = match forward_established(snap, client, &upstream).await {
+        Ok(done) => done,
+        Err(e) => {
+            reset_on_close(client);
+            reset_on_close(&upstream);
+            return fail(rec, Outcome::Error, std::io::Error::other(e.to_string()));
+        }
+    };
     rec.path = Some(done.path);
     rec.up_bytes += done.up_bytes;
     rec.down_bytes = done.down_bytes;
@@ -131,6 +144,24 @@ async fn serve(
         rec.detail = Some(format!("up: {:?}, down: {:?}", done.up_end, done.down_end));
     }
     outcome
+}
+
+/// Forwards a routed connection on the path this gateway uses, falling back to user space for
+/// a connection the kernel path cannot take.
+async fn forward_established(
+    snap: &Snapshot,
+    client: &TcpStream,
+    upstream: &TcpStream,
+) -> Result<Forwarded, SpliceError> {
+    if let Some(kernel) = &snap.kernel {
+        match kernel.splice(client, upstream).await {
+            Err(SpliceError::Unavailable(why)) => {
+                tracing::warn!(%why, "kernel path refused a connection; copying it in user space");
+            }
+            result => return result,
+        }
+    }
+    Ok(forward::userspace::forward(client, upstream, snap.settings.buffer_size).await)
 }
 
 fn fail(rec: &mut AccessRecord, outcome: Outcome, e: std::io::Error) -> Outcome {

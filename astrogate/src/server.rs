@@ -5,8 +5,9 @@ use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::{
-    config::{Config, ListenerConfig},
+    config::{Config, DataPath, ListenerConfig},
     conn::{self, Snapshot},
+    forward::kernel::{KernelLimits, KernelPath, StartError},
 };
 
 /// Listen backlog: generous so bursts of new connections queue rather than fail.
@@ -14,6 +15,8 @@ const BACKLOG: i32 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error("data_path = \"kernel\", but the kernel path cannot start: {0}")]
+    Kernel(StartError),
     #[error("listener `{listener}`: cannot bind {addr}: {source}")]
     Bind {
         listener: String,
@@ -57,13 +60,20 @@ impl Server {
                 sockets,
             });
         }
+        let kernel = start_kernel(config)?;
         Ok(Server {
             listeners,
             snapshot: Arc::new(Snapshot {
                 settings: config.gateway.clone(),
                 routes: config.routes.clone(),
+                kernel,
             }),
         })
+    }
+
+    /// The kernel path, when this server forwards through it.
+    pub fn kernel(&self) -> Option<&Arc<KernelPath>> {
+        self.snapshot.kernel.as_ref()
     }
 
     /// The bound addresses, by listener name (ports resolved when the config asked for 0).
@@ -94,6 +104,26 @@ impl Server {
         }
         shutdown.await;
         tasks.abort_all();
+    }
+}
+
+/// Starts the kernel path as `data_path` asks: required, attempted, or not at all.
+fn start_kernel(config: &Config) -> Result<Option<Arc<KernelPath>>, ServeError> {
+    let mode = config.gateway.data_path;
+    if mode == DataPath::Userspace {
+        return Ok(None);
+    }
+    let limits = KernelLimits {
+        max_backlog: config.gateway.kernel_max_backlog,
+        max_backlog_total: config.gateway.kernel_max_backlog_total,
+    };
+    match KernelPath::start(limits) {
+        Ok(kernel) => Ok(Some(kernel)),
+        Err(e) if mode == DataPath::Kernel => Err(ServeError::Kernel(e)),
+        Err(e) => {
+            tracing::warn!(error = %e, "kernel path unavailable; forwarding in user space");
+            Ok(None)
+        }
     }
 }
 

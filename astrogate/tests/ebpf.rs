@@ -9,7 +9,7 @@ use std::{
 };
 
 use astrogate::ebpf::Kernel;
-use astrogate_common::{Counter, PeerEntry, PEER_FLAG_ENABLED};
+use astrogate_common::{Counter, PeerEntry, SockStats, PEER_FLAG_ENABLED};
 use common::Lab;
 
 fn cookie(s: &TcpStream) -> u64 {
@@ -47,18 +47,23 @@ fn socket_pairs(lab: &Lab) -> [TcpStream; 4] {
 #[test]
 fn the_embedded_programs_load_and_splice_both_directions() {
     let lab = Lab::new("ebpf");
-    let (_kernel, mut maps) = Kernel::load().unwrap_or_else(|e| panic!("{e}"));
+    let (_kernel, mut maps, _events) = Kernel::load().unwrap_or_else(|e| panic!("{e}"));
     let [mut client, g1, g2, mut server] = socket_pairs(&lab);
     let (c1, c2) = (cookie(&g1), cookie(&g2));
-    maps.socks.insert(c1, g1.as_raw_fd(), 0).unwrap();
-    maps.socks.insert(c2, g2.as_raw_fd(), 0).unwrap();
+    for (c, s) in [(c1, &g1), (c2, &g2)] {
+        maps.stats.insert(c, SockStats::default(), 0).unwrap();
+        maps.targets.insert(c, s.as_raw_fd(), 0).unwrap();
+    }
     let entry = |peer| PeerEntry {
         peer,
+        limit: u64::MAX,
         flags: PEER_FLAG_ENABLED,
         _reserved: 0,
     };
     maps.peers.insert(c1, entry(c2), 0).unwrap();
     maps.peers.insert(c2, entry(c1), 0).unwrap();
+    maps.socks.insert(c2, g2.as_raw_fd(), 0).unwrap();
+    maps.socks.insert(c1, g1.as_raw_fd(), 0).unwrap();
 
     client.write_all(b"hello through the kernel").unwrap();
     let mut got = [0u8; 24];
@@ -71,6 +76,8 @@ fn the_embedded_programs_load_and_splice_both_directions() {
 
     assert_eq!(maps.counter(Counter::RedirectedBytes).unwrap(), 32);
     assert_eq!(maps.counter(Counter::Redirected).unwrap(), 2);
+    assert_eq!(maps.stats.get(&c1, 0).unwrap().redirected, 24);
+    assert_eq!(maps.stats.get(&c2, 0).unwrap().redirected, 8);
     maps.socks.remove(&c1).unwrap();
     maps.socks.remove(&c2).unwrap();
 }
@@ -78,25 +85,23 @@ fn the_embedded_programs_load_and_splice_both_directions() {
 #[test]
 fn a_pair_that_is_not_enabled_passes_bytes_to_user_space() {
     let lab = Lab::new("ebpfpass");
-    let (_kernel, mut maps) = Kernel::load().unwrap_or_else(|e| panic!("{e}"));
+    let (_kernel, mut maps, _events) = Kernel::load().unwrap_or_else(|e| panic!("{e}"));
     let [mut client, mut g1, g2, _server] = socket_pairs(&lab);
     let (c1, c2) = (cookie(&g1), cookie(&g2));
+    maps.stats.insert(c1, SockStats::default(), 0).unwrap();
+    let disabled = PeerEntry {
+        peer: c2,
+        limit: u64::MAX,
+        flags: 0,
+        _reserved: 0,
+    };
+    maps.peers.insert(c1, disabled, 0).unwrap();
     maps.socks.insert(c1, g1.as_raw_fd(), 0).unwrap();
-    maps.peers
-        .insert(
-            c1,
-            PeerEntry {
-                peer: c2,
-                flags: 0,
-                _reserved: 0,
-            },
-            0,
-        )
-        .unwrap();
     client.write_all(b"sniff me").unwrap();
     let mut got = [0u8; 8];
     g1.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"sniff me");
     assert_eq!(maps.counter(Counter::Redirected).unwrap(), 0);
+    assert_eq!(maps.stats.get(&c1, 0).unwrap().passed, 8);
     drop(g2);
 }

@@ -12,6 +12,7 @@ fn config(extra: &str) -> String {
         r#"
 [gateway]
 sniff_timeout = "2s"
+data_path = "kernel"
 
 [[listener]]
 name = "http"
@@ -92,7 +93,7 @@ fn http_by_host_reaches_the_routed_upstream_byte_for_byte() {
 
     let line = lab.wait_access_log(&["host=www.blog.example", "outcome=ok"]);
     assert!(
-        line.contains("protocol=http") && line.contains("path=userspace"),
+        line.contains("protocol=http") && line.contains("path=kernel"),
         "{line}"
     );
     assert!(

@@ -5,6 +5,7 @@
 mod describe;
 pub mod duration;
 mod raw;
+pub mod size;
 mod target;
 
 use std::{
@@ -35,6 +36,11 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default for `gateway.buffer_size`: per-direction buffer of the user-space path. 64 KiB
 /// measured twice the throughput of 8 KiB on this class of machine (platform-facts.md).
 pub const DEFAULT_BUFFER_SIZE: usize = 64 * 1024;
+/// Default for `gateway.kernel_max_backlog`: bytes one direction of a spliced connection may
+/// hold in the kernel beyond what its destination socket has queued.
+pub const DEFAULT_KERNEL_MAX_BACKLOG: u64 = 4 << 20;
+/// Default for `gateway.kernel_max_backlog_total`: the same, over all connections.
+pub const DEFAULT_KERNEL_MAX_BACKLOG_TOTAL: u64 = 256 << 20;
 
 /// Which forwarding path established connections take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +70,8 @@ pub struct GatewaySettings {
     pub connect_timeout: Duration,
     pub data_path: DataPath,
     pub buffer_size: usize,
+    pub kernel_max_backlog: u64,
+    pub kernel_max_backlog_total: u64,
 }
 
 impl Default for GatewaySettings {
@@ -74,6 +82,8 @@ impl Default for GatewaySettings {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             data_path: DataPath::Auto,
             buffer_size: DEFAULT_BUFFER_SIZE,
+            kernel_max_backlog: DEFAULT_KERNEL_MAX_BACKLOG,
+            kernel_max_backlog_total: DEFAULT_KERNEL_MAX_BACKLOG_TOTAL,
         }
     }
 }
@@ -222,6 +232,34 @@ fn validate_gateway(g: &raw::RawGateway, at: &Locator<'_>) -> Result<GatewaySett
     }
     if let Some(v) = &g.buffer_size {
         s.buffer_size = in_range(v, 4096, 16 << 20, "gateway.buffer_size", at)?;
+    }
+    let size = |v: &Spanned<size::RawSize>, key: &str, min: u64| {
+        size::parse(v.get_ref())
+            .map_err(|e| at.at(v, key, e))
+            .and_then(|n| {
+                (n >= min)
+                    .then_some(n)
+                    .ok_or_else(|| at.at(v, key, format!("must be at least {min} bytes")))
+            })
+    };
+    if let Some(v) = &g.kernel_max_backlog {
+        s.kernel_max_backlog = size(v, "gateway.kernel_max_backlog", 64 << 10)?;
+    }
+    if let Some(v) = &g.kernel_max_backlog_total {
+        s.kernel_max_backlog_total = size(v, "gateway.kernel_max_backlog_total", 1 << 20)?;
+    }
+    if s.kernel_max_backlog_total < s.kernel_max_backlog {
+        let v = g
+            .kernel_max_backlog_total
+            .as_ref()
+            .or(g.kernel_max_backlog.as_ref());
+        if let Some(v) = v {
+            return Err(at.at(
+                v,
+                "gateway.kernel_max_backlog_total",
+                "must be at least kernel_max_backlog",
+            ));
+        }
     }
     if let Some(v) = &g.data_path {
         s.data_path = match v.get_ref().as_str() {

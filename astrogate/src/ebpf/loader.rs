@@ -1,6 +1,6 @@
-use astrogate_common::{Counter, PeerEntry, SockCookie};
+use astrogate_common::{Counter, PeerEntry, SockCookie, SockStats};
 use aya::{
-    maps::{HashMap, MapData, MapError, PerCpuArray, SockHash},
+    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf, SockHash},
     programs::{ProgramError, SkSkb},
     Ebpf, EbpfError,
 };
@@ -38,8 +38,12 @@ pub enum LoadError {
 pub struct SpliceMaps {
     /// Sockets whose input the verdict program redirects, keyed by socket cookie.
     pub socks: SockHash<MapData, SockCookie>,
-    /// Where each socket's input goes.
+    /// Every spliced socket: the redirect targets.
+    pub targets: SockHash<MapData, SockCookie>,
+    /// Where each socket's input goes, and its backlog limit.
     pub peers: HashMap<MapData, SockCookie, PeerEntry>,
+    /// Per-socket byte counts kept by the program.
+    pub stats: HashMap<MapData, SockCookie, SockStats>,
     /// Per-CPU counters indexed by `Counter`.
     pub counters: PerCpuArray<MapData, u64>,
 }
@@ -58,15 +62,18 @@ pub struct Kernel {
 
 impl Kernel {
     /// Loads the embedded object, attaches the stream verdict to the sockhash, and returns the
-    /// map handles.
-    pub fn load() -> Result<(Kernel, SpliceMaps), LoadError> {
+    /// map handles and the over-limit event ring.
+    pub fn load() -> Result<(Kernel, SpliceMaps, RingBuf<MapData>), LoadError> {
         if OBJECT.is_empty() {
             return Err(LoadError::NotEmbedded);
         }
         let mut ebpf = Ebpf::load(OBJECT)?;
         let socks: SockHash<MapData, SockCookie> = take_map(&mut ebpf, "SOCKS")?;
-        let peers: HashMap<MapData, SockCookie, PeerEntry> = take_map(&mut ebpf, "PEERS")?;
-        let counters: PerCpuArray<MapData, u64> = take_map(&mut ebpf, "COUNTERS")?;
+        let targets = take_map(&mut ebpf, "TARGETS")?;
+        let peers = take_map(&mut ebpf, "PEERS")?;
+        let stats = take_map(&mut ebpf, "STATS")?;
+        let counters = take_map(&mut ebpf, "COUNTERS")?;
+        let events = take_map(&mut ebpf, "EVENTS")?;
         let program_error = |source| LoadError::Program {
             name: VERDICT_PROGRAM,
             source,
@@ -81,14 +88,14 @@ impl Kernel {
             .map_err(program_error)?;
         verdict.load().map_err(program_error)?;
         verdict.attach(socks.fd()).map_err(program_error)?;
-        Ok((
-            Kernel { _ebpf: ebpf },
-            SpliceMaps {
-                socks,
-                peers,
-                counters,
-            },
-        ))
+        let maps = SpliceMaps {
+            socks,
+            targets,
+            peers,
+            stats,
+            counters,
+        };
+        Ok((Kernel { _ebpf: ebpf }, maps, events))
     }
 }
 

@@ -2,6 +2,8 @@
 //!
 //! The path is chosen per connection. User space copying is always available and is the
 //! fallback; the kernel path (eBPF sockmap) is added beside it.
+pub mod kernel;
+mod sockopt;
 pub mod userspace;
 
 use std::{fmt, io};

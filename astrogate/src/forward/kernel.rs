@@ -1,0 +1,545 @@
+//! The kernel path: once a connection is routed, both sockets join the eBPF sockmap and the
+//! verdict program redirects each side's input to the other side's egress. User space then
+//! only watches each pair for EOF, resets and backlog; no payload byte passes through it.
+//!
+//! Three kernel behaviours shape this module (see platform-facts.md and the tests):
+//! - bytes that reached a receive queue before the socket joined the map stay there until the
+//!   data-ready callback runs again, so each socket is kicked after insertion;
+//! - EOF is not redirected: user space sees the FIN, waits until the peer has queued every
+//!   redirected byte, and only then shuts the peer's write side;
+//! - redirected bytes wait in the peer's psock queue with no limit, so each direction has a
+//!   byte allowance. When the program reports it crossed, the owning task either raises the
+//!   allowance (the peer is draining) or takes the source out of the verdict map: its bytes
+//!   then wait in its own receive queue, where TCP flow control holds the client back.
+use std::{
+    collections::HashMap,
+    io::{self, ErrorKind},
+    net::Shutdown,
+    os::fd::{AsRawFd, RawFd},
+    sync::{Arc, Mutex, MutexGuard, Weak},
+    time::Duration,
+};
+
+use astrogate_common::{OverLimit, PeerEntry, SockCookie, SockStats, PEER_FLAG_ENABLED};
+use aya::maps::{MapData, RingBuf};
+use socket2::SockRef;
+use tokio::{io::unix::AsyncFd, net::TcpStream, sync::Notify};
+
+use super::{
+    sockopt::{cookie, kick, queued_total},
+    userspace::{reset_on_close, write_all},
+    DirectionEnd, Forwarded, PathKind,
+};
+use crate::ebpf::{Kernel, LoadError, SpliceMaps};
+
+/// The least allowance a direction gets when the global budget is shared by many connections.
+const MIN_ALLOWANCE: u64 = 64 * 1024;
+/// How often a paused or draining direction re-checks its peer's progress.
+const POLL: Duration = Duration::from_millis(2);
+/// Sockets the maps hold at most (two per connection); mirrors `MAX_SOCKETS` in the programs.
+const MAX_SOCKETS: usize = 262_144;
+
+/// Memory bounds of the kernel path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelLimits {
+    /// Bytes one direction may have redirected but not yet queued on its peer.
+    pub max_backlog: u64,
+    /// The same, summed over all directions of all connections.
+    pub max_backlog_total: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("watching the eBPF event ring: {0}")]
+    Events(io::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpliceError {
+    /// Nothing was inserted; the connection can take the user-space path instead.
+    #[error("kernel path unavailable for this connection: {0}")]
+    Unavailable(String),
+    /// The pair was partly spliced when setup failed; the connection must be reset.
+    #[error("kernel path setup failed midway: {0}")]
+    Aborted(String),
+}
+
+/// Per-direction wake-up from the over-limit event reader.
+#[derive(Default)]
+struct DirSignal {
+    over_limit: Notify,
+}
+
+struct Registry {
+    maps: SpliceMaps,
+    signals: HashMap<SockCookie, Arc<DirSignal>>,
+}
+
+/// The loaded programs and the maps, shared by every spliced connection.
+pub struct KernelPath {
+    registry: Mutex<Registry>,
+    limits: KernelLimits,
+    _kernel: Kernel,
+}
+
+impl KernelPath {
+    /// Loads the programs and starts the task that reads over-limit events. Must be called
+    /// inside a Tokio runtime.
+    pub fn start(limits: KernelLimits) -> Result<Arc<KernelPath>, StartError> {
+        let (kernel, maps, events) = Kernel::load()?;
+        let path = Arc::new(KernelPath {
+            registry: Mutex::new(Registry {
+                maps,
+                signals: HashMap::new(),
+            }),
+            limits,
+            _kernel: kernel,
+        });
+        // SAFETY: the ring buffer owns its fd and keeps it open, unchanged, until it is dropped
+        // together with the AsyncFd.
+        let events = unsafe { AsyncFd::register(events) }
+            .map_err(|e| StartError::Events(io::Error::other(e.to_string())))?;
+        tokio::spawn(read_events(Arc::downgrade(&path), events));
+        Ok(path)
+    }
+
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        // A panic while holding the lock leaves the maps as consistent as the kernel made
+        // them; later connections can still use them.
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Number of sockets currently spliced.
+    pub fn spliced_sockets(&self) -> usize {
+        self.registry().signals.len()
+    }
+
+    /// Entries left in every per-socket map, for leak checks: (sockhash, targets, peers, stats).
+    pub fn map_entries(&self) -> (usize, usize, usize, usize) {
+        let reg = self.registry();
+        (
+            reg.maps.socks.keys().count(),
+            reg.maps.targets.keys().count(),
+            reg.maps.peers.keys().count(),
+            reg.maps.stats.keys().count(),
+        )
+    }
+
+    /// Forwards `client` <-> `upstream` in the kernel until both directions end. Bytes the
+    /// caller already wrote (replayed preamble, dial reply) must be written before this call.
+    pub async fn splice(
+        &self,
+        client: &TcpStream,
+        upstream: &TcpStream,
+    ) -> Result<Forwarded, SpliceError> {
+        let mut pair = self.register(client, upstream)?;
+        let _ = kick(client.as_raw_fd());
+        let _ = kick(upstream.as_raw_fd());
+        let ends = self.watch(&mut pair, client, upstream).await;
+        let (up_redirected, down_redirected) = self.unregister(&pair);
+        let forwarded = Forwarded {
+            path: PathKind::Kernel,
+            up_bytes: up_redirected + pair.dirs[UP].copied,
+            down_bytes: down_redirected + pair.dirs[DOWN].copied,
+            up_end: ends.0,
+            down_end: ends.1,
+        };
+        if forwarded.outcome() != crate::access_log::Outcome::Ok {
+            reset_on_close(client);
+            reset_on_close(upstream);
+        }
+        Ok(forwarded)
+    }
+
+    fn allowance(&self, directions: usize) -> u64 {
+        let share = self.limits.max_backlog_total / (directions.max(1) as u64);
+        self.limits.max_backlog.min(share.max(MIN_ALLOWANCE))
+    }
+
+    fn register(&self, client: &TcpStream, upstream: &TcpStream) -> Result<Pair, SpliceError> {
+        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
+            SpliceError::Unavailable(format!("{what}: {e}"))
+        };
+        let (cfd, ufd) = (client.as_raw_fd(), upstream.as_raw_fd());
+        let cc = cookie(cfd).map_err(|e| unavailable("SO_COOKIE", &e))?;
+        let uc = cookie(ufd).map_err(|e| unavailable("SO_COOKIE", &e))?;
+        // The baselines must be read before either socket can redirect into the other.
+        let c_base = queued_total(cfd).map_err(|e| unavailable("TCP_INFO", &e))?;
+        let u_base = queued_total(ufd).map_err(|e| unavailable("TCP_INFO", &e))?;
+        let mut reg = self.registry();
+        if reg.signals.len() + 2 > MAX_SOCKETS {
+            return Err(SpliceError::Unavailable("the sockmap is full".into()));
+        }
+        let allowance = self.allowance(reg.signals.len() + 2);
+        let entry = |peer| PeerEntry {
+            peer,
+            limit: allowance,
+            flags: PEER_FLAG_ENABLED,
+            _reserved: 0,
+        };
+        let staged = (|| {
+            reg.maps.stats.insert(cc, SockStats::default(), 0)?;
+            reg.maps.stats.insert(uc, SockStats::default(), 0)?;
+            reg.maps.peers.insert(cc, entry(uc), 0)?;
+            reg.maps.peers.insert(uc, entry(cc), 0)?;
+            reg.maps.targets.insert(cc, cfd, 0)?;
+            reg.maps.targets.insert(uc, ufd, 0)?;
+            // Upstream first: once the client joins, its bytes are redirected to an upstream
+            // that is already a target.
+            reg.maps.socks.insert(uc, ufd, 0)
+        })();
+        if let Err(e) = staged {
+            remove_all(&mut reg.maps, &[cc, uc]);
+            return Err(unavailable("inserting into the sockmap", &e));
+        }
+        if let Err(e) = reg.maps.socks.insert(cc, cfd, 0) {
+            remove_all(&mut reg.maps, &[cc, uc]);
+            return Err(SpliceError::Aborted(format!("inserting the client: {e}")));
+        }
+        let up = Arc::new(DirSignal::default());
+        let down = Arc::new(DirSignal::default());
+        reg.signals.insert(cc, up.clone());
+        reg.signals.insert(uc, down.clone());
+        Ok(Pair {
+            dirs: [
+                Dir::new((cc, cfd), (uc, ufd), u_base, up),
+                Dir::new((uc, ufd), (cc, cfd), c_base, down),
+            ],
+        })
+    }
+
+    /// Removes the pair from every map and returns the bytes each direction redirected.
+    fn unregister(&self, pair: &Pair) -> (u64, u64) {
+        let mut reg = self.registry();
+        let cookies = [pair.dirs[UP].src_cookie, pair.dirs[DOWN].src_cookie];
+        let redirected = |reg: &Registry, c| reg.maps.stats.get(&c, 0).map_or(0, |s| s.redirected);
+        let counts = (redirected(&reg, cookies[0]), redirected(&reg, cookies[1]));
+        remove_all(&mut reg.maps, &cookies);
+        for c in cookies {
+            reg.signals.remove(&c);
+        }
+        counts
+    }
+
+    /// Runs the pair until both directions have ended.
+    async fn watch(
+        &self,
+        pair: &mut Pair,
+        client: &TcpStream,
+        upstream: &TcpStream,
+    ) -> (DirectionEnd, DirectionEnd) {
+        let streams = [client, upstream];
+        loop {
+            if pair.dirs.iter().all(|d| matches!(d.state, State::Done(_))) {
+                break;
+            }
+            let polling = pair
+                .dirs
+                .iter()
+                .any(|d| matches!(d.state, State::Paused | State::Draining));
+            let tick = async {
+                if polling {
+                    tokio::time::sleep(POLL).await
+                } else {
+                    std::future::pending().await
+                }
+            };
+            let up_src = pair.dirs[UP].wants_reads().then_some(streams[UP]);
+            let down_src = pair.dirs[DOWN].wants_reads().then_some(streams[DOWN]);
+            let up_signal = pair.dirs[UP].signal.clone();
+            let down_signal = pair.dirs[DOWN].signal.clone();
+            let event = tokio::select! {
+                r = read_side(up_src) => Event::Read(UP, r),
+                r = read_side(down_src) => Event::Read(DOWN, r),
+                _ = up_signal.over_limit.notified() => Event::OverLimit(UP),
+                _ = down_signal.over_limit.notified() => Event::OverLimit(DOWN),
+                _ = tick => Event::Tick,
+            };
+            let fatal = match event {
+                Event::Read(i, r) => self.on_read(pair, i, r, streams).await,
+                Event::OverLimit(i) => self.on_over_limit(pair, i),
+                Event::Tick => self.on_tick(pair, streams),
+            };
+            if let Some((i, end)) = fatal {
+                pair.dirs[i].state = State::Done(end);
+                for d in &mut pair.dirs {
+                    if !matches!(d.state, State::Done(_)) {
+                        d.state = State::Done(DirectionEnd::Aborted);
+                    }
+                }
+            }
+        }
+        let [up, down] = &mut pair.dirs;
+        (up.take_end(), down.take_end())
+    }
+
+    /// Handles what a read on direction `i`'s source returned.
+    async fn on_read(
+        &self,
+        pair: &mut Pair,
+        i: usize,
+        r: ReadOutcome,
+        streams: [&TcpStream; 2],
+    ) -> Option<(usize, DirectionEnd)> {
+        match r {
+            ReadOutcome::Eof => {
+                pair.dirs[i].state = State::Draining;
+                self.on_tick(pair, streams)
+            }
+            ReadOutcome::Reset => Some((i, DirectionEnd::Reset)),
+            ReadOutcome::Failed(e) => Some((i, DirectionEnd::ReadFailed(e))),
+            ReadOutcome::Data(bytes) => {
+                // Only possible if the verdict passed bytes to this socket's own queue. They
+                // are older than anything still queued for the peer only if the peer has
+                // drained, so wait for that before writing them.
+                loop {
+                    let left = backlog(&self.registry(), &pair.dirs[i]);
+                    match left {
+                        Some(0) => break,
+                        Some(_) => tokio::time::sleep(POLL).await,
+                        None => {
+                            return Some((
+                                i,
+                                DirectionEnd::WriteFailed(io::Error::other("peer gone")),
+                            ))
+                        }
+                    }
+                }
+                let dst = streams[1 - i];
+                if let Err(e) = write_all(dst, &bytes).await {
+                    return Some((i, DirectionEnd::WriteFailed(e)));
+                }
+                pair.dirs[i].copied += bytes.len() as u64;
+                pair.dirs[i].dst_user_written += bytes.len() as u64;
+                tracing::warn!(
+                    bytes = bytes.len(),
+                    "kernel path: bytes reached user space and were copied"
+                );
+                None
+            }
+        }
+    }
+
+    /// The program saw direction `i` cross its allowance: raise it if the peer is keeping up,
+    /// otherwise pause the source.
+    fn on_over_limit(&self, pair: &mut Pair, i: usize) -> Option<(usize, DirectionEnd)> {
+        if !matches!(pair.dirs[i].state, State::Active) {
+            return None;
+        }
+        let mut reg = self.registry();
+        let allowance = self.allowance(reg.signals.len());
+        let dir = &mut pair.dirs[i];
+        let backlog = backlog(&reg, dir)?;
+        if backlog < allowance / 2 {
+            let _ = raise_limit(&mut reg, dir, allowance, backlog);
+            return None;
+        }
+        if reg.maps.socks.remove(&dir.src_cookie).is_ok() {
+            dir.state = State::Paused;
+        }
+        None
+    }
+
+    /// Periodic work for paused and draining directions.
+    fn on_tick(&self, pair: &mut Pair, streams: [&TcpStream; 2]) -> Option<(usize, DirectionEnd)> {
+        for i in [UP, DOWN] {
+            match pair.dirs[i].state {
+                State::Paused => {
+                    let mut reg = self.registry();
+                    let allowance = self.allowance(reg.signals.len());
+                    let dir = &mut pair.dirs[i];
+                    let Some(backlog) = backlog(&reg, dir) else {
+                        continue;
+                    };
+                    if backlog < allowance / 2 {
+                        let resumed = raise_limit(&mut reg, dir, allowance, backlog)
+                            .and_then(|_| reg.maps.socks.insert(dir.src_cookie, dir.src_fd, 0));
+                        drop(reg);
+                        if let Err(e) = resumed {
+                            return Some((i, DirectionEnd::ReadFailed(io::Error::other(e))));
+                        }
+                        dir.state = State::Active;
+                        let _ = kick(dir.src_fd);
+                    }
+                }
+                State::Draining => {
+                    if self.drained(&pair.dirs[i]) {
+                        // Only now may the FIN follow: every redirected byte is queued ahead.
+                        let _ = SockRef::from(streams[1 - i]).shutdown(Shutdown::Write);
+                        pair.dirs[i].state = State::Done(DirectionEnd::Eof);
+                    } else if let Err(e) = queued_total(pair.dirs[i].dst_fd) {
+                        return Some((i, DirectionEnd::WriteFailed(e)));
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Whether every byte of direction `dir` is in its destination's send queue.
+    fn drained(&self, dir: &Dir) -> bool {
+        backlog(&self.registry(), dir) == Some(0)
+    }
+}
+
+/// Bytes direction `dir` has redirected that its destination has not yet queued for sending.
+fn backlog(reg: &Registry, dir: &Dir) -> Option<u64> {
+    let redirected = reg.maps.stats.get(&dir.src_cookie, 0).ok()?.redirected;
+    let queued = queued_total(dir.dst_fd).ok()?.saturating_sub(dir.dst_base);
+    Some((redirected + dir.dst_user_written).saturating_sub(queued))
+}
+
+fn raise_limit(
+    reg: &mut Registry,
+    dir: &Dir,
+    allowance: u64,
+    backlog: u64,
+) -> Result<(), aya::maps::MapError> {
+    let redirected = reg.maps.stats.get(&dir.src_cookie, 0)?.redirected;
+    let entry = PeerEntry {
+        peer: dir.dst_cookie,
+        limit: redirected + allowance.saturating_sub(backlog),
+        flags: PEER_FLAG_ENABLED,
+        _reserved: 0,
+    };
+    reg.maps.peers.insert(dir.src_cookie, entry, 0)
+}
+
+fn remove_all(maps: &mut SpliceMaps, cookies: &[SockCookie]) {
+    // Out of the verdict map first, so nothing is redirected to a socket leaving the targets.
+    for c in cookies {
+        let _ = maps.socks.remove(c);
+    }
+    for c in cookies {
+        let _ = maps.targets.remove(c);
+        let _ = maps.peers.remove(c);
+        let _ = maps.stats.remove(c);
+    }
+}
+
+/// Reads over-limit events and wakes the task that owns the direction.
+async fn read_events(path: Weak<KernelPath>, mut events: AsyncFd<RingBuf<MapData>>) {
+    loop {
+        let Ok(mut guard) = events.readable_mut().await else {
+            tracing::error!("kernel path: over-limit events can no longer be read");
+            return;
+        };
+        let Some(path) = path.upgrade() else {
+            return;
+        };
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            if item.len() < std::mem::size_of::<OverLimit>() {
+                continue;
+            }
+            let notice: OverLimit =
+                bytemuck::pod_read_unaligned(&item[..std::mem::size_of::<OverLimit>()]);
+            if let Some(signal) = path.registry().signals.get(&notice.cookie) {
+                signal.over_limit.notify_one();
+            }
+        }
+        guard.clear_ready();
+    }
+}
+
+const UP: usize = 0;
+const DOWN: usize = 1;
+
+enum Event {
+    Read(usize, ReadOutcome),
+    OverLimit(usize),
+    Tick,
+}
+
+enum State {
+    Active,
+    /// Out of the verdict map until the destination drains.
+    Paused,
+    /// The source sent FIN; waiting for the destination to queue the rest before passing it on.
+    Draining,
+    Done(DirectionEnd),
+}
+
+/// One direction: bytes arriving on `src` leave through `dst`.
+struct Dir {
+    src_cookie: SockCookie,
+    dst_cookie: SockCookie,
+    src_fd: RawFd,
+    dst_fd: RawFd,
+    /// `queued_total(dst)` when the pair was registered.
+    dst_base: u64,
+    /// Bytes user space wrote to `dst` after registration.
+    dst_user_written: u64,
+    /// Payload bytes user space had to copy (expected zero).
+    copied: u64,
+    state: State,
+    signal: Arc<DirSignal>,
+}
+
+impl Dir {
+    fn new(
+        (src_cookie, src_fd): (SockCookie, RawFd),
+        (dst_cookie, dst_fd): (SockCookie, RawFd),
+        dst_base: u64,
+        signal: Arc<DirSignal>,
+    ) -> Dir {
+        Dir {
+            src_cookie,
+            dst_cookie,
+            src_fd,
+            dst_fd,
+            dst_base,
+            dst_user_written: 0,
+            copied: 0,
+            state: State::Active,
+            signal,
+        }
+    }
+
+    /// A paused source must not be read: its queue holds payload the kernel will redirect.
+    fn wants_reads(&self) -> bool {
+        matches!(self.state, State::Active)
+    }
+
+    fn take_end(&mut self) -> DirectionEnd {
+        match std::mem::replace(&mut self.state, State::Done(DirectionEnd::Aborted)) {
+            State::Done(end) => end,
+            _ => DirectionEnd::Aborted,
+        }
+    }
+}
+
+struct Pair {
+    dirs: [Dir; 2],
+}
+
+enum ReadOutcome {
+    Eof,
+    Reset,
+    Failed(io::Error),
+    /// Bytes that reached user space although the pair was spliced.
+    Data(Vec<u8>),
+}
+
+/// Waits for something to read on `src` (forever if `None`) and reads it.
+async fn read_side(src: Option<&TcpStream>) -> ReadOutcome {
+    let Some(src) = src else {
+        return std::future::pending().await;
+    };
+    loop {
+        if let Err(e) = src.readable().await {
+            return ReadOutcome::Failed(e);
+        }
+        let mut buf = Vec::with_capacity(16 * 1024);
+        match src.try_read_buf(&mut buf) {
+            Ok(0) => return ReadOutcome::Eof,
+            Ok(_) => return ReadOutcome::Data(buf),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return ReadOutcome::Reset,
+            Err(e) => return ReadOutcome::Failed(e),
+        }
+    }
+}
