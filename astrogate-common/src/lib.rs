@@ -67,7 +67,7 @@ pub enum Counter {
     Redirected = 0,
     /// bytes redirected to the peer socket.
     RedirectedBytes = 1,
-    /// skbs passed to the socket's own receive queue (pair not enabled, or a bare FIN).
+    /// skbs passed to the socket's own receive queue (pair not enabled).
     Passed = 2,
     /// skbs for which no peer entry existed.
     NoPeer = 3,
@@ -75,9 +75,11 @@ pub enum Counter {
     RedirectFailed = 4,
     /// over-limit events that did not fit in the ring buffer.
     EventsLost = 5,
+    /// bare FINs (empty skbs) the verdict dropped; TCP has already recorded them.
+    FinDropped = 6,
 }
 /// Number of `Counter` variants; size of the counter array map.
-pub const COUNTER_COUNT: u32 = 6;
+pub const COUNTER_COUNT: u32 = 7;
 
 #[cfg(feature = "user")]
 mod user {

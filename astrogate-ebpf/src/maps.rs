@@ -5,6 +5,10 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, RingBuf, SockHash},
 };
 
+/// BPF_F_NO_PREALLOC: hash maps allocate entries on insert instead of reserving every entry at
+/// load time, so an idle gateway does not pin tens of MB of kernel memory.
+const NO_PREALLOC: u32 = 1;
+
 /// Upper bound on spliced sockets (two per connection). User space checks it before inserting.
 pub const MAX_SOCKETS: u32 = 262_144;
 
@@ -22,11 +26,11 @@ pub static TARGETS: SockHash<SockCookie> = SockHash::with_max_entries(MAX_SOCKET
 
 /// For each socket in `SOCKS`, where its input goes and its backlog limit. User space writes it.
 #[map(name = "PEERS")]
-pub static PEERS: HashMap<SockCookie, PeerEntry> = HashMap::with_max_entries(MAX_SOCKETS, 0);
+pub static PEERS: HashMap<SockCookie, PeerEntry> = HashMap::with_max_entries(MAX_SOCKETS, NO_PREALLOC);
 
 /// Per-socket byte counts. Only the verdict program writes them.
 #[map(name = "STATS")]
-pub static STATS: HashMap<SockCookie, SockStats> = HashMap::with_max_entries(MAX_SOCKETS, 0);
+pub static STATS: HashMap<SockCookie, SockStats> = HashMap::with_max_entries(MAX_SOCKETS, NO_PREALLOC);
 
 /// Over-limit notices for user space, which pauses the source or raises its limit.
 #[map(name = "EVENTS")]

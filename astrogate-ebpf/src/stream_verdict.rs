@@ -18,11 +18,14 @@ pub fn astrogate_verdict(ctx: SkBuffContext) -> u32 {
 
 fn try_verdict(ctx: &SkBuffContext) -> u32 {
     let len = u64::from(ctx.len());
-    // A bare FIN arrives as an empty skb; redirecting it makes the peer's transmit fail. EOF is
-    // handled by user space, which sees it on this socket once the FIN is passed.
+    // A bare FIN arrives as an empty skb. It must go nowhere: redirected, it breaks the peer's
+    // transmit (EPIPE); passed while bytes are queued for this socket's egress, the kernel
+    // queues it behind them on the same psock list, and the empty ingress then disables that
+    // list, silently dropping every later byte to this socket. TCP has already recorded the
+    // FIN (RCV_SHUTDOWN), so user space still reads EOF here.
     if len == 0 {
-        count(Counter::Passed, 1);
-        return SK_PASS;
+        count(Counter::FinDropped, 1);
+        return SK_DROP;
     }
     // SAFETY: the context pointer is the skb the kernel handed to this program.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };

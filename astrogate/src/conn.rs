@@ -9,7 +9,7 @@ use crate::{
     config::{GatewaySettings, ListenerConfig, Target},
     forward::{
         self,
-        kernel::{KernelPath, SpliceError},
+        kernel::{self, KernelPath, SpliceError},
         userspace::{reset_on_close, write_all},
         Forwarded,
     },
@@ -128,7 +128,7 @@ async fn serve(
     }
     rec.up_bytes = replay.len() as u64;
 
-    let done = match forward_established(snap, client, &upstream).await {
+    let done = match forward_established(snap, client, &upstream, rec).await {
         Ok(done) => done,
         Err(e) => {
             reset_on_close(client);
@@ -152,11 +152,21 @@ async fn forward_established(
     snap: &Snapshot,
     client: &TcpStream,
     upstream: &TcpStream,
+    rec: &mut AccessRecord,
 ) -> Result<Forwarded, SpliceError> {
     if let Some(kernel) = &snap.kernel {
-        match kernel.splice(client, upstream).await {
+        let spliced = match kernel::drain_partial(client, upstream).await {
+            Ok(drained) => {
+                rec.up_bytes += drained;
+                kernel.splice(client, upstream).await
+            }
+            Err(e) => Err(e),
+        };
+        match spliced {
             Err(SpliceError::Unavailable(why)) => {
-                tracing::warn!(%why, "kernel path refused a connection; copying it in user space");
+                // Expected for a client that half-closed before the splice (the kernel only
+                // takes established sockets); the access log shows the path taken.
+                tracing::debug!(%why, "kernel path cannot take this connection");
             }
             result => return result,
         }

@@ -26,7 +26,7 @@ use socket2::SockRef;
 use tokio::{io::unix::AsyncFd, net::TcpStream, sync::Notify};
 
 use super::{
-    sockopt::{cookie, kick, queued_total},
+    sockopt::{cookie, kick, queued_total, unread},
     userspace::{reset_on_close, write_all},
     DirectionEnd, Forwarded, PathKind,
 };
@@ -34,6 +34,8 @@ use crate::ebpf::{Kernel, LoadError, SpliceMaps};
 
 /// The least allowance a direction gets when the global budget is shared by many connections.
 const MIN_ALLOWANCE: u64 = 64 * 1024;
+/// Pipe size for splicing a half-closed source's remaining bytes.
+const TAIL_PIPE: usize = 1 << 20;
 /// How often a paused or draining direction re-checks its peer's progress.
 const POLL: Duration = Duration::from_millis(2);
 /// Sockets the maps hold at most (two per connection); mirrors `MAX_SOCKETS` in the programs.
@@ -141,8 +143,8 @@ impl KernelPath {
         let (up_redirected, down_redirected) = self.unregister(&pair);
         let forwarded = Forwarded {
             path: PathKind::Kernel,
-            up_bytes: up_redirected + pair.dirs[UP].copied,
-            down_bytes: down_redirected + pair.dirs[DOWN].copied,
+            up_bytes: up_redirected + pair.dirs[UP].copied + pair.dirs[UP].spliced,
+            down_bytes: down_redirected + pair.dirs[DOWN].copied + pair.dirs[DOWN].spliced,
             up_end: ends.0,
             down_end: ends.1,
         };
@@ -192,21 +194,30 @@ impl KernelPath {
         })();
         if let Err(e) = staged {
             remove_all(&mut reg.maps, &[cc, uc]);
-            return Err(unavailable("inserting into the sockmap", &e));
+            return Err(unavailable("inserting into the sockmap", &describe(&e)));
         }
+        // The client may send FIN at any moment, and the kernel admits only established
+        // sockets. If that happened just now, the upstream is already spliced, so the
+        // client's last bytes are spliced over (Tail) instead of falling back.
+        let mut client_state = State::Active;
         if let Err(e) = reg.maps.socks.insert(cc, cfd, 0) {
-            remove_all(&mut reg.maps, &[cc, uc]);
-            return Err(SpliceError::Aborted(format!("inserting the client: {e}")));
+            if !is_half_closed(&e) {
+                remove_all(&mut reg.maps, &[cc, uc]);
+                return Err(SpliceError::Aborted(format!(
+                    "inserting the client: {}",
+                    describe(&e)
+                )));
+            }
+            client_state = State::Tail;
         }
         let up = Arc::new(DirSignal::default());
         let down = Arc::new(DirSignal::default());
         reg.signals.insert(cc, up.clone());
         reg.signals.insert(uc, down.clone());
+        let mut up = Dir::new((cc, cfd), (uc, ufd), u_base, up);
+        up.state = client_state;
         Ok(Pair {
-            dirs: [
-                Dir::new((cc, cfd), (uc, ufd), u_base, up),
-                Dir::new((uc, ufd), (cc, cfd), c_base, down),
-            ],
+            dirs: [up, Dir::new((uc, ufd), (cc, cfd), c_base, down)],
         })
     }
 
@@ -238,7 +249,7 @@ impl KernelPath {
             let polling = pair
                 .dirs
                 .iter()
-                .any(|d| matches!(d.state, State::Paused | State::Draining));
+                .any(|d| matches!(d.state, State::Paused | State::Draining | State::Tail));
             let tick = async {
                 if polling {
                     tokio::time::sleep(POLL).await
@@ -257,11 +268,14 @@ impl KernelPath {
                 _ = down_signal.over_limit.notified() => Event::OverLimit(DOWN),
                 _ = tick => Event::Tick,
             };
-            let fatal = match event {
+            let mut fatal = match event {
                 Event::Read(i, r) => self.on_read(pair, i, r, streams).await,
                 Event::OverLimit(i) => self.on_over_limit(pair, i),
                 Event::Tick => self.on_tick(pair, streams),
             };
+            if fatal.is_none() {
+                fatal = self.splice_tails(pair, streams).await;
+            }
             if let Some((i, end)) = fatal {
                 pair.dirs[i].state = State::Done(end);
                 for d in &mut pair.dirs {
@@ -285,6 +299,7 @@ impl KernelPath {
     ) -> Option<(usize, DirectionEnd)> {
         match r {
             ReadOutcome::Eof => {
+                tracing::debug!(cookie = pair.dirs[i].src_cookie, "kernel path: EOF");
                 pair.dirs[i].state = State::Draining;
                 self.on_tick(pair, streams)
             }
@@ -333,10 +348,21 @@ impl KernelPath {
         let dir = &mut pair.dirs[i];
         let backlog = backlog(&reg, dir)?;
         if backlog < allowance / 2 {
+            tracing::trace!(
+                cookie = dir.src_cookie,
+                backlog,
+                "kernel path: raising a limit"
+            );
             let _ = raise_limit(&mut reg, dir, allowance, backlog);
             return None;
         }
         if reg.maps.socks.remove(&dir.src_cookie).is_ok() {
+            tracing::debug!(
+                cookie = dir.src_cookie,
+                backlog,
+                allowance,
+                "kernel path: pausing a source"
+            );
             dir.state = State::Paused;
         }
         None
@@ -353,19 +379,49 @@ impl KernelPath {
                     let Some(backlog) = backlog(&reg, dir) else {
                         continue;
                     };
+                    tracing::trace!(cookie = dir.src_cookie, backlog, "kernel path: paused");
                     if backlog < allowance / 2 {
                         let resumed = raise_limit(&mut reg, dir, allowance, backlog)
                             .and_then(|_| reg.maps.socks.insert(dir.src_cookie, dir.src_fd, 0));
                         drop(reg);
                         if let Err(e) = resumed {
+                            if is_half_closed(&e) {
+                                // The client sent FIN while paused, and the kernel only lets
+                                // established sockets join a sockmap. The rest of its bytes
+                                // move by splice(2) once the peer has drained: still never
+                                // through user space.
+                                tracing::debug!(cookie = dir.src_cookie, "kernel path: source half-closed while paused; its tail will be spliced");
+                                dir.state = State::Tail;
+                                continue;
+                            }
                             return Some((i, DirectionEnd::ReadFailed(io::Error::other(e))));
                         }
+                        tracing::debug!(
+                            cookie = dir.src_cookie,
+                            backlog,
+                            "kernel path: resuming a source"
+                        );
                         dir.state = State::Active;
                         let _ = kick(dir.src_fd);
                     }
                 }
                 State::Draining => {
+                    // TCP wakes readers for the FIN before it hands the last data to the
+                    // verdict, so EOF can be seen while bytes still wait in the receive queue.
+                    // Nudge them through and wait until none is left.
+                    match unread(pair.dirs[i].src_fd) {
+                        Ok(0) => {}
+                        Ok(_) => {
+                            let _ = kick(pair.dirs[i].src_fd);
+                            continue;
+                        }
+                        Err(e) => return Some((i, DirectionEnd::ReadFailed(e))),
+                    }
                     if self.drained(&pair.dirs[i]) {
+                        tracing::debug!(
+                            cookie = pair.dirs[i].src_cookie,
+                            "kernel path: drained after EOF"
+                        );
                         // Only now may the FIN follow: every redirected byte is queued ahead.
                         let _ = SockRef::from(streams[1 - i]).shutdown(Shutdown::Write);
                         pair.dirs[i].state = State::Done(DirectionEnd::Eof);
@@ -379,10 +435,75 @@ impl KernelPath {
         None
     }
 
+    /// Finishes directions in `Tail` whose destination has drained.
+    async fn splice_tails(
+        &self,
+        pair: &mut Pair,
+        streams: [&TcpStream; 2],
+    ) -> Option<(usize, DirectionEnd)> {
+        for i in [UP, DOWN] {
+            if matches!(pair.dirs[i].state, State::Tail) && self.drained(&pair.dirs[i]) {
+                tracing::debug!(
+                    cookie = pair.dirs[i].src_cookie,
+                    "kernel path: splicing a tail"
+                );
+                let (bytes, end) = super::splice::pump(streams[i], streams[1 - i], TAIL_PIPE).await;
+                tracing::debug!(
+                    cookie = pair.dirs[i].src_cookie,
+                    bytes,
+                    ?end,
+                    "kernel path: tail spliced"
+                );
+                pair.dirs[i].spliced += bytes;
+                if !matches!(end, DirectionEnd::Eof) {
+                    return Some((i, end));
+                }
+                pair.dirs[i].state = State::Done(end);
+            }
+        }
+        None
+    }
+
     /// Whether every byte of direction `dir` is in its destination's send queue.
     fn drained(&self, dir: &Dir) -> bool {
         backlog(&self.registry(), dir) == Some(0)
     }
+}
+
+/// Reads what the client has queued and forwards it, until a read comes back short. Call it
+/// before [`KernelPath::splice`]; the bytes it moves belong with the replayed preamble.
+///
+/// Sniffing reads in small chunks and can stop inside a received skb. The verdict program is
+/// handed whole skbs (tcp_read_skb ignores how much of one was already read), so a partly read
+/// skb would reach the upstream twice. A read shorter than its buffer leaves the queue empty,
+/// with no partly read skb; whatever arrives later arrives whole.
+pub async fn drain_partial(client: &TcpStream, upstream: &TcpStream) -> Result<u64, SpliceError> {
+    const BUF: usize = 256 * 1024;
+    const ROUNDS: usize = 16;
+    let mut moved = 0u64;
+    let mut buf = Vec::with_capacity(BUF);
+    for _ in 0..ROUNDS {
+        buf.clear();
+        match client.try_read_buf(&mut buf) {
+            Ok(n) => {
+                write_all(upstream, &buf[..n])
+                    .await
+                    .map_err(|e| SpliceError::Aborted(format!("forwarding queued bytes: {e}")))?;
+                moved += n as u64;
+                if n < BUF {
+                    return Ok(moved);
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(moved),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(SpliceError::Aborted(format!("reading queued bytes: {e}"))),
+        }
+    }
+    // A client that keeps the queue full this long is better served by the copying path,
+    // which is always correct; the bytes so far are already forwarded in order.
+    Err(SpliceError::Unavailable(
+        "the client kept its queue full".into(),
+    ))
 }
 
 /// Bytes direction `dir` has redirected that its destination has not yet queued for sending.
@@ -406,6 +527,26 @@ fn raise_limit(
         _reserved: 0,
     };
     reg.maps.peers.insert(dir.src_cookie, entry, 0)
+}
+
+/// The kernel refuses sockets that are no longer ESTABLISHED (the peer sent FIN) with
+/// EOPNOTSUPP.
+fn is_half_closed(e: &aya::maps::MapError) -> bool {
+    matches!(e, aya::maps::MapError::SyscallError(se) if se.io_error.raw_os_error() == Some(libc::EOPNOTSUPP))
+}
+
+/// A map error with its OS error, which aya's Display leaves out.
+fn describe(e: &aya::maps::MapError) -> String {
+    match e {
+        aya::maps::MapError::SyscallError(se) if is_half_closed(e) => {
+            format!(
+                "{}: a socket is already half-closed ({})",
+                se.call, se.io_error
+            )
+        }
+        aya::maps::MapError::SyscallError(se) => format!("{}: {}", se.call, se.io_error),
+        other => other.to_string(),
+    }
 }
 
 fn remove_all(maps: &mut SpliceMaps, cookies: &[SockCookie]) {
@@ -460,6 +601,9 @@ enum State {
     Paused,
     /// The source sent FIN; waiting for the destination to queue the rest before passing it on.
     Draining,
+    /// The source half-closed while paused and cannot rejoin the map: once the destination has
+    /// drained, the rest of its queue is spliced to the destination.
+    Tail,
     Done(DirectionEnd),
 }
 
@@ -475,6 +619,8 @@ struct Dir {
     dst_user_written: u64,
     /// Payload bytes user space had to copy (expected zero).
     copied: u64,
+    /// Bytes moved by splice(2) after a half-close while paused.
+    spliced: u64,
     state: State,
     signal: Arc<DirSignal>,
 }
@@ -494,6 +640,7 @@ impl Dir {
             dst_base,
             dst_user_written: 0,
             copied: 0,
+            spliced: 0,
             state: State::Active,
             signal,
         }

@@ -4,6 +4,7 @@
 //! fallback; the kernel path (eBPF sockmap) is added beside it.
 pub mod kernel;
 mod sockopt;
+pub mod splice;
 pub mod userspace;
 
 use std::{fmt, io};
@@ -14,6 +15,7 @@ use crate::access_log::Outcome;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathKind {
     Userspace,
+    Splice,
     Kernel,
 }
 
@@ -21,6 +23,7 @@ impl fmt::Display for PathKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             PathKind::Userspace => "userspace",
+            PathKind::Splice => "splice",
             PathKind::Kernel => "kernel",
         })
     }

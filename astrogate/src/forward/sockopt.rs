@@ -72,3 +72,14 @@ pub fn queued_total(fd: RawFd) -> io::Result<u64> {
     }
     Ok(info.tcpi_bytes_acked + u64::try_from(outq).unwrap_or(0))
 }
+
+/// Bytes in a TCP socket's receive queue that nobody has consumed yet (SIOCINQ). On a spliced
+/// socket, zero means the verdict program has seen every byte that arrived.
+pub fn unread(fd: RawFd) -> io::Result<u32> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCINQ writes one c_int.
+    if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u32::try_from(n).unwrap_or(0))
+}

@@ -14,7 +14,11 @@ pub fn start_gateway(
     let config_path = dir.write("astrogate.toml", config)?;
     let mut cmd = ns.command(&binary.to_string_lossy());
     cmd.arg("run").arg("--config").arg(&config_path);
-    cmd.env("RUST_LOG", "info");
+    // ASTROGATE_LAB_LOG raises the gateway's log level when a test needs to be debugged.
+    cmd.env(
+        "RUST_LOG",
+        std::env::var("ASTROGATE_LAB_LOG").unwrap_or_else(|_| "info".into()),
+    );
     let mut child = Child::spawn("astrogate", &mut cmd, &dir.join("astrogate.log"))?;
     let timeout = Duration::from_secs(10);
     let deadline = std::time::Instant::now() + timeout;

@@ -12,7 +12,7 @@ mod workdir;
 use std::time::{Duration, Instant};
 
 pub use gateway::start_gateway;
-pub use netns::{Netns, Veth};
+pub use netns::{enter_on_this_thread as enter, Netns, Veth};
 pub use process::{run, Child, LabError};
 pub use tap::{Tap, TapRecord};
 pub use workdir::Workdir;

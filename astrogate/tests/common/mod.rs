@@ -2,6 +2,8 @@
 //! servers and real clients on its loopback. Guards clean up in reverse order even on panic.
 #![allow(dead_code)]
 
+pub mod streams;
+
 use std::{
     net::{SocketAddr, TcpStream},
     path::Path,
@@ -193,6 +195,112 @@ impl Lab {
             String::from_utf8_lossy(&out.stderr)
         );
         (cert, key)
+    }
+}
+
+/// Entry counts of the BPF maps a process holds, by map name. The maps are found through the
+/// process's own descriptors (/proc/PID/fdinfo) and counted with bpftool, from outside.
+pub fn bpf_maps_of(pid: u32) -> std::collections::HashMap<String, usize> {
+    let run = |args: &[&str]| {
+        let out = Command::new("bpftool")
+            .args(args)
+            .output()
+            .expect("running bpftool");
+        assert!(out.status.success(), "bpftool {args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    let mut maps = std::collections::HashMap::new();
+    let fdinfo = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("reading fdinfo");
+    for entry in fdinfo.flatten() {
+        let info = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let Some(id) = info.lines().find_map(|l| l.strip_prefix("map_id:")) else {
+            continue;
+        };
+        let id = id.trim();
+        let show = run(&["map", "show", "id", id]);
+        // bpftool can dump hash maps; a sockhash's values are sockets and cannot be read back.
+        if show.split_whitespace().nth(1) != Some("hash") {
+            continue;
+        }
+        let name = show
+            .split_whitespace()
+            .skip_while(|w| *w != "name")
+            .nth(1)
+            .unwrap_or("")
+            .to_string();
+        let dump = run(&["map", "dump", "id", id]);
+        let count = dump
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("Found ")
+                    .and_then(|r| r.split_whitespace().next())
+            })
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        maps.insert(name, count);
+    }
+    maps
+}
+
+/// Counts the bytes a process moves through read- and write-family system calls while the
+/// guard lives, with strace attached from outside.
+pub struct SyscallBytes {
+    strace: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl SyscallBytes {
+    pub fn attach(pid: u32, log: std::path::PathBuf) -> SyscallBytes {
+        let strace = Command::new("strace")
+            .args(["-f", "-qq", "-e", "signal=none"])
+            .args([
+                "-e",
+                "trace=read,readv,recvfrom,recvmsg,write,writev,sendto,sendmsg,splice",
+            ])
+            .arg("-o")
+            .arg(&log)
+            .args(["-p", &pid.to_string()])
+            .spawn()
+            .expect("starting strace");
+        // strace reports attachment only by tracing; give it a moment to attach every thread.
+        std::thread::sleep(Duration::from_millis(500));
+        SyscallBytes { strace, log }
+    }
+
+    /// Detaches and returns (bytes read, bytes written).
+    pub fn finish(mut self) -> (u64, u64) {
+        // SAFETY: SIGINT to our own strace child makes it detach cleanly.
+        unsafe { libc::kill(self.strace.id() as i32, libc::SIGINT) };
+        let _ = self.strace.wait();
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let (mut read, mut written) = (0u64, 0u64);
+        for line in text.lines() {
+            let call = line.split_whitespace().nth(1).unwrap_or("");
+            let Some(n) = line
+                .rsplit("= ")
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+            else {
+                continue;
+            };
+            let Ok(n) = n.parse::<i64>() else { continue };
+            if n <= 0 {
+                continue;
+            }
+            if call.starts_with("read") || call.starts_with("recv") || call.starts_with("splice") {
+                read += n as u64;
+            } else {
+                written += n as u64;
+            }
+        }
+        (read, written)
+    }
+}
+
+impl Drop for SyscallBytes {
+    fn drop(&mut self) {
+        let _ = self.strace.kill();
+        let _ = self.strace.wait();
     }
 }
 

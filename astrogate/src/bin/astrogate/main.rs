@@ -110,7 +110,19 @@ fn run(path: &std::path::Path) -> Result<()> {
             data_path = %config.gateway.data_path,
             "astrogate running"
         );
+        let kernel = server.kernel().cloned();
         server.run(shutdown_signal()).await;
+        if let Some(kernel) = kernel {
+            // Every connection has ended here, so any entry left would be a leak.
+            let (socks, targets, peers, stats) = kernel.map_entries();
+            tracing::info!(
+                socks,
+                targets,
+                peers,
+                stats,
+                "kernel path: map entries at exit"
+            );
+        }
         tracing::info!("shutting down");
         Ok(())
     })

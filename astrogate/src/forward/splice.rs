@@ -1,0 +1,145 @@
+//! The splice path: bytes move socket -> pipe -> socket with splice(2), as page references,
+//! never copied into user space. User space still drives each step, so it pays a system call
+//! per chunk, but no copy.
+use std::{
+    io::{self, ErrorKind},
+    net::Shutdown,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+};
+
+use socket2::SockRef;
+use tokio::{io::Interest, net::TcpStream};
+
+use super::{userspace::reset_on_close, DirectionEnd, Forwarded, PathKind};
+use crate::access_log::Outcome;
+
+/// Forwards until both directions have ended, with the same FIN and reset semantics as the
+/// copying path.
+pub async fn forward(client: &TcpStream, upstream: &TcpStream, pipe_size: usize) -> Forwarded {
+    let up = pump(client, upstream, pipe_size);
+    let down = pump(upstream, client, pipe_size);
+    tokio::pin!(up, down);
+    let mut up_res = None;
+    let mut down_res = None;
+    while up_res.is_none() || down_res.is_none() {
+        tokio::select! {
+            r = &mut up, if up_res.is_none() => up_res = Some(r),
+            r = &mut down, if down_res.is_none() => down_res = Some(r),
+        }
+        let failed = |r: &Option<(u64, DirectionEnd)>| {
+            r.as_ref()
+                .is_some_and(|(_, end)| !matches!(end, DirectionEnd::Eof))
+        };
+        if failed(&up_res) || failed(&down_res) {
+            break;
+        }
+    }
+    let (up_bytes, up_end) = up_res.unwrap_or((0, DirectionEnd::Aborted));
+    let (down_bytes, down_end) = down_res.unwrap_or((0, DirectionEnd::Aborted));
+    let result = Forwarded {
+        path: PathKind::Splice,
+        up_bytes,
+        down_bytes,
+        up_end,
+        down_end,
+    };
+    if result.outcome() != Outcome::Ok {
+        reset_on_close(client);
+        reset_on_close(upstream);
+    }
+    result
+}
+
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+fn pipe(size: usize) -> io::Result<Pipe> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2 writes two fds into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created and are owned by nobody else.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // A larger pipe moves more per system call; failure (above the pipe-max-size sysctl) just
+    // keeps the default.
+    // SAFETY: F_SETPIPE_SZ on a pipe fd we own.
+    unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) };
+    Ok(Pipe { read, write })
+}
+
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: splice between fds we hold; null offsets mean "current position".
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+pub(super) async fn pump(
+    src: &TcpStream,
+    dst: &TcpStream,
+    pipe_size: usize,
+) -> (u64, DirectionEnd) {
+    let mut total = 0u64;
+    // Created on first data, so idle connections hold no pipe.
+    let mut pipe: Option<Pipe> = None;
+    loop {
+        if let Err(e) = src.readable().await {
+            return (total, DirectionEnd::ReadFailed(e));
+        }
+        let p = match &pipe {
+            Some(p) => p,
+            None => match self::pipe(pipe_size) {
+                Ok(p) => pipe.insert(p),
+                Err(e) => return (total, DirectionEnd::ReadFailed(e)),
+            },
+        };
+        let (pr, pw) = (p.read.as_raw_fd(), p.write.as_raw_fd());
+        let moved = src.try_io(Interest::READABLE, || {
+            splice(src.as_raw_fd(), pw, pipe_size)
+        });
+        let mut in_pipe = match moved {
+            Ok(0) => {
+                let _ = SockRef::from(dst).shutdown(Shutdown::Write);
+                return (total, DirectionEnd::Eof);
+            }
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+                continue
+            }
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                return (total, DirectionEnd::Reset)
+            }
+            Err(e) => return (total, DirectionEnd::ReadFailed(e)),
+        };
+        while in_pipe > 0 {
+            match dst.try_io(Interest::WRITABLE, || splice(pr, dst.as_raw_fd(), in_pipe)) {
+                Ok(n) => {
+                    in_pipe -= n;
+                    total += n as u64;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    if let Err(e) = dst.writable().await {
+                        return (total, DirectionEnd::WriteFailed(e));
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return (total, DirectionEnd::WriteFailed(e)),
+            }
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! Forwarding correctness on both data paths: exact bytes at volume, concurrency, half-close,
+//! slow readers, resets, connection churn, and (for the kernel path) that user space never
+//! touched the payload and the maps are left empty.
+mod common;
+
+use sha2::{Digest, Sha256};
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::TcpStream,
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{
+    streams::{dial, finish, hash_to_eof, hex, send_pattern, Server, CHUNK},
+    Lab, SyscallBytes,
+};
+
+const GW: &str = "127.0.0.1:7070";
+const GIB: u64 = 1 << 30;
+
+fn lab(tag: &str, mode: &str) -> Lab {
+    let mut lab = Lab::new(tag);
+    lab.gateway(&format!(
+        r#"
+[gateway]
+data_path = "{mode}"
+{extra}
+
+[[listener]]
+name = "dial"
+bind = ["{GW}"]
+protocols = ["dial"]
+
+[[route]]
+hosts = ["*.test"]
+to = "127.0.0.1"
+"#,
+        extra = std::env::var("ASTROGATE_TEST_GATEWAY_EXTRA").unwrap_or_default()
+    ));
+    lab
+}
+
+fn gateway_pid(lab: &Lab) -> u32 {
+    lab.children
+        .iter()
+        .find(|c| c.name() == "astrogate")
+        .unwrap()
+        .pid()
+}
+
+/// 1 GiB each way, hashed at both ends. strace watches every read and write the gateway makes:
+/// in kernel mode it must not have moved the payload at all.
+fn gigabyte_each_way(mode: &str) {
+    let lab = lab(&format!("gib-{mode}"), mode);
+    let (tx, rx) = mpsc::channel();
+    let sink_tx = tx.clone();
+    let _sink = Server::start(&lab.ns, "127.0.0.1:9001", move |mut s| {
+        sink_tx.send(hash_to_eof(&mut s).unwrap()).unwrap();
+    });
+    let _source = Server::start(&lab.ns, "127.0.0.1:9002", move |mut s| {
+        let h = send_pattern(&mut s, 0xD0_17, GIB).unwrap();
+        finish(&s);
+        tx.send((GIB, h)).unwrap();
+    });
+    let watch = (mode == "kernel")
+        .then(|| SyscallBytes::attach(gateway_pid(&lab), lab.dir.join("strace.log")));
+
+    let mut up = dial(&lab.ns, GW, "sink.test", 9001);
+    let sent = send_pattern(&mut up, 0xA11CE, GIB).unwrap();
+    finish(&up);
+    let (n, got) = rx.recv_timeout(Duration::from_secs(120)).unwrap();
+    assert_eq!((n, hex(&got)), (GIB, hex(&sent)), "client to upstream");
+
+    let mut down = dial(&lab.ns, GW, "source.test", 9002);
+    let (n, got) = hash_to_eof(&mut down).unwrap();
+    let (_, sent) = rx.recv_timeout(Duration::from_secs(120)).unwrap();
+    assert_eq!((n, hex(&got)), (GIB, hex(&sent)), "upstream to client");
+    // Closing ends the connections, so their access-log lines are written.
+    drop((up, down));
+
+    if let Some(watch) = watch {
+        let (read, written) = watch.finish();
+        assert!(
+            read < 1 << 20 && written < 1 << 20,
+            "user space moved payload: read {read}, wrote {written}"
+        );
+        lab.wait_access_log(&[
+            "host=sink.test",
+            "path=kernel",
+            &format!("up_bytes={GIB}"),
+            "outcome=ok",
+        ]);
+        lab.wait_access_log(&[
+            "host=source.test",
+            "path=kernel",
+            &format!("down_bytes={GIB}"),
+            "outcome=ok",
+        ]);
+    } else {
+        lab.wait_access_log(&[
+            "host=sink.test",
+            "path=userspace",
+            &format!("up_bytes={GIB}"),
+        ]);
+        // The same watch sees a copying gateway move the payload, so it can tell the two apart.
+        let watch = SyscallBytes::attach(gateway_pid(&lab), lab.dir.join("strace.log"));
+        let mut up = dial(&lab.ns, GW, "sink.test", 9001);
+        send_pattern(&mut up, 9, 64 << 20).unwrap();
+        finish(&up);
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(60)).unwrap().0,
+            64 << 20
+        );
+        let (read, written) = watch.finish();
+        assert!(
+            read >= 64 << 20 && written >= 64 << 20,
+            "read {read}, wrote {written}"
+        );
+    }
+}
+
+/// The client sends its first megabyte in the same write as the dial header, before any reply:
+/// the part the gateway read while sniffing, and the rest still queued when the pair is
+/// spliced, must each arrive exactly once and in order.
+fn pipelined_preamble(mode: &str) {
+    let lab = lab(&format!("pipe-{mode}"), mode);
+    let (tx, rx) = mpsc::channel();
+    let _sink = Server::start(&lab.ns, "127.0.0.1:9010", move |mut s| {
+        tx.send(hash_to_eof(&mut s).unwrap()).unwrap();
+    });
+    for round in 0..20u64 {
+        let mut s = lab.ns.enter(|| TcpStream::connect(GW)).unwrap().unwrap();
+        let mut first = b"ASTROGATE-DIAL/1 pipe.test 9010\r\n".to_vec();
+        let mut payload = vec![0u8; (1 << 20) + round as usize * 4099];
+        common::streams::Pattern::new(round).fill(&mut payload);
+        first.extend_from_slice(&payload);
+        s.write_all(&first).unwrap();
+        let mut reply = [0u8; 32];
+        s.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"ASTROGATE-DIAL/1 200 connected\r\n");
+        let more = send_pattern(&mut s, round + 100, 3 << 20).unwrap();
+        finish(&s);
+        let (n, got) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        let _ = more;
+        let mut rest = vec![0u8; 3 << 20];
+        common::streams::Pattern::new(round + 100).fill(&mut rest);
+        let want: [u8; 32] = Sha256::new()
+            .chain_update(&payload)
+            .chain_update(&rest)
+            .finalize()
+            .into();
+        assert_eq!(
+            (n, hex(&got)),
+            (payload.len() as u64 + (3 << 20), hex(&want)),
+            "round {round}"
+        );
+    }
+}
+
+/// 64 connections at once, sizes from 1 byte to 16 MiB, each echoed and hashed.
+fn concurrent_mixed(mode: &str) {
+    let lab = lab(&format!("mixed-{mode}"), mode);
+    let _echo = Server::start(&lab.ns, "127.0.0.1:9003", |mut s| {
+        let mut r = s.try_clone().unwrap();
+        let _ = std::io::copy(&mut r, &mut s);
+        finish(&s);
+    });
+    let workers: Vec<_> = (0..64u64)
+        .map(|i| {
+            let size = [1u64, 100, 4096, 65_536, 1 << 20, 16 << 20][(i % 6) as usize] + i;
+            let mut s = dial(&lab.ns, GW, "echo.test", 9003);
+            thread::spawn(move || {
+                let mut reader = s.try_clone().unwrap();
+                let check = thread::spawn(move || hash_to_eof(&mut reader).unwrap());
+                let sent = send_pattern(&mut s, i, size).unwrap();
+                finish(&s);
+                let (n, got) = check.join().unwrap();
+                assert_eq!((n, hex(&got)), (size, hex(&sent)), "connection {i}");
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+}
+
+/// Each side closes its write half first while the other keeps talking.
+fn half_close(mode: &str) {
+    let lab = lab(&format!("half-{mode}"), mode);
+    // Upstream answers only after the client's FIN: request, EOF, then a 5 MiB reply.
+    let _replier = Server::start(&lab.ns, "127.0.0.1:9004", |mut s| {
+        let (n, _) = hash_to_eof(&mut s).unwrap();
+        assert_eq!(n, 1000);
+        send_pattern(&mut s, 7, 5 << 20).unwrap();
+        finish(&s);
+    });
+    let mut s = dial(&lab.ns, GW, "reply.test", 9004);
+    send_pattern(&mut s, 1, 1000).unwrap();
+    finish(&s);
+    let (n, _) = hash_to_eof(&mut s).unwrap();
+    assert_eq!(
+        n,
+        5 << 20,
+        "the reply after the client's half-close arrives whole"
+    );
+
+    // Upstream closes its write half first and keeps reading 5 MiB from the client.
+    let (tx, rx) = mpsc::channel();
+    let _closer = Server::start(&lab.ns, "127.0.0.1:9005", move |mut s| {
+        s.write_all(b"bye").unwrap();
+        finish(&s);
+        tx.send(hash_to_eof(&mut s).unwrap().0).unwrap();
+    });
+    let mut s = dial(&lab.ns, GW, "closer.test", 9005);
+    let mut bye = Vec::new();
+    s.try_clone().unwrap().read_to_end(&mut bye).unwrap();
+    assert_eq!(bye, b"bye", "the upstream's FIN arrives after its bytes");
+    send_pattern(&mut s, 2, 5 << 20).unwrap();
+    finish(&s);
+    assert_eq!(rx.recv_timeout(Duration::from_secs(30)).unwrap(), 5 << 20);
+    lab.wait_access_log(&["host=closer.test", "outcome=ok"]);
+}
+
+/// A reader that takes 64 KiB every 5 ms on one side; the other side pushes 16 MiB.
+fn slow_readers(mode: &str) {
+    fn slow_hash(s: &mut TcpStream) -> u64 {
+        let mut buf = vec![0u8; CHUNK];
+        let mut total = 0;
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            if n == 0 {
+                return total;
+            }
+            total += n as u64;
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let lab = lab(&format!("slow-{mode}"), mode);
+    let (tx, rx) = mpsc::channel();
+    let _slow_sink = Server::start(&lab.ns, "127.0.0.1:9006", move |mut s| {
+        tx.send(slow_hash(&mut s)).unwrap();
+    });
+    let _source = Server::start(&lab.ns, "127.0.0.1:9007", |mut s| {
+        send_pattern(&mut s, 3, 16 << 20).unwrap();
+        finish(&s);
+    });
+    let mut up = dial(&lab.ns, GW, "slowsink.test", 9006);
+    send_pattern(&mut up, 4, 16 << 20).unwrap();
+    finish(&up);
+    assert_eq!(rx.recv_timeout(Duration::from_secs(60)).unwrap(), 16 << 20);
+    let mut down = dial(&lab.ns, GW, "source.test", 9007);
+    assert_eq!(slow_hash(&mut down), 16 << 20);
+}
+
+/// The upstream resets after 1 MiB: the client sees a reset, not a clean end.
+fn upstream_reset(mode: &str) {
+    let lab = lab(&format!("rst-{mode}"), mode);
+    let _resetter = Server::start(&lab.ns, "127.0.0.1:9008", |mut s| {
+        let mut buf = vec![0u8; 1 << 20];
+        s.read_exact(&mut buf).unwrap();
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+    });
+    let mut s = dial(&lab.ns, GW, "rst.test", 9008);
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = Instant::now();
+    let mut saw_reset = false;
+    let buf = vec![0u8; CHUNK];
+    for _ in 0..2048 {
+        if let Err(e) = s.write_all(&buf) {
+            saw_reset = matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe);
+            break;
+        }
+    }
+    if !saw_reset {
+        let mut one = [0u8; 1];
+        saw_reset = matches!(s.read(&mut one), Err(e) if e.kind() == ErrorKind::ConnectionReset);
+    }
+    assert!(saw_reset, "the client must see the upstream's reset");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    lab.wait_access_log(&["host=rst.test", "outcome=upstream_reset"]);
+}
+
+/// Short connections, 32 at a time, each echoing a few bytes. ASTROGATE_CHURN overrides the
+/// count for longer soaks.
+fn churn(mode: &str, default_total: u32) -> Lab {
+    let lab = lab(&format!("churn-{mode}"), mode);
+    let _echo = Server::start(&lab.ns, "127.0.0.1:9009", |mut s| {
+        let mut r = s.try_clone().unwrap();
+        let _ = std::io::copy(&mut r, &mut s);
+        finish(&s);
+    });
+    let total = std::env::var("ASTROGATE_CHURN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default_total);
+    let threads = 32;
+    let handle = lab.ns.handle().unwrap();
+    let name = lab.ns.name().to_string();
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let handle = handle.try_clone().unwrap();
+            let name = name.clone();
+            thread::spawn(move || {
+                astrogate::lab::enter(&handle, &name).unwrap();
+                for i in 0..total / threads {
+                    let mut s = TcpStream::connect(GW).unwrap();
+                    s.write_all(b"ASTROGATE-DIAL/1 churn.test 9009\r\nping")
+                        .unwrap();
+                    let want = b"ASTROGATE-DIAL/1 200 connected\r\nping";
+                    let mut got = vec![0u8; want.len()];
+                    s.read_exact(&mut got).unwrap();
+                    assert_eq!(got, want, "thread {t} connection {i}");
+                    // Closing with nothing unread is a FIN; the gateway must pass it on and
+                    // tear the pair down.
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    lab
+}
+
+macro_rules! on_both_paths {
+    ($($name:ident),*) => {
+        mod kernel {
+            $(#[test] fn $name() { super::$name("kernel"); })*
+        }
+        mod userspace {
+            $(#[test] fn $name() { super::$name("userspace"); })*
+        }
+    };
+}
+
+on_both_paths!(
+    gigabyte_each_way,
+    pipelined_preamble,
+    concurrent_mixed,
+    half_close,
+    slow_readers,
+    upstream_reset
+);
+
+#[test]
+fn churn_on_the_copy_path() {
+    churn("userspace", 10_000);
+}
+
+#[test]
+fn churn_on_the_kernel_path_leaves_no_map_entries() {
+    let mut lab = churn("kernel", 100_000);
+    let pid = gateway_pid(&lab);
+    // The per-connection hash maps, counted by bpftool from outside the gateway.
+    let maps = common::bpf_maps_of(pid);
+    for name in ["PEERS", "STATS"] {
+        let entries = maps
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} map in {maps:?}"));
+        assert_eq!(*entries, 0, "{name} still has entries after the churn");
+    }
+    lab.wait_access_log(&["host=churn.test", "path=kernel", "outcome=ok"]);
+    // The sockhashes cannot be dumped by bpftool (their values are sockets); the gateway
+    // counts every map's keys as it exits.
+    let gateway = lab
+        .children
+        .iter_mut()
+        .find(|c| c.name() == "astrogate")
+        .unwrap();
+    gateway.stop(Duration::from_secs(5));
+    let log = gateway.output();
+    assert!(
+        log.contains("kernel path: map entries at exit socks=0 targets=0 peers=0 stats=0"),
+        "{}",
+        log.lines().rev().take(3).collect::<Vec<_>>().join("\n")
+    );
+    let spliced = log
+        .lines()
+        .filter(|l| l.contains("path=kernel outcome=ok"))
+        .count();
+    assert!(
+        spliced >= 99_000,
+        "only {spliced} of 100000 connections took the kernel path"
+    );
+}
