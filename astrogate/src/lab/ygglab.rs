@@ -63,6 +63,7 @@ pub struct YggLab {
     servers: Vec<Child>,
     pub topo: Topology,
     certs: Vec<(String, PathBuf)>,
+    binary: PathBuf,
     pub dir: Workdir,
     /// Namespaces and nodes up and routable.
     pub topology_up: Duration,
@@ -235,11 +236,17 @@ impl YggLab {
             gateway,
             servers,
             certs,
+            binary,
             topology_up,
             all_up: started.elapsed(),
             topo,
             dir,
         })
+    }
+
+    /// The gateway binary the lab runs (also the reference dial client).
+    pub fn binary(&self) -> &Path {
+        &self.binary
     }
 
     pub fn inet(&self) -> &Netns {
