@@ -27,11 +27,12 @@ const WAIT: Duration = Duration::from_secs(10);
 const CLIENT_LIMIT: Duration = Duration::from_secs(30);
 
 type Fixture = Arc<OnceLock<Result<YggLab, String>>>;
+type Test = (&'static str, fn(&YggLab));
 
 fn main() {
     let args = Arguments::from_args();
     let fixture: Fixture = Arc::new(OnceLock::new());
-    let tests: &[(&str, fn(&YggLab))] = &[
+    let tests: &[Test] = &[
         ("inet_to_ygg::http_by_host_over_ipv4_and_ipv6", inet_http),
         ("inet_to_ygg::https_by_sni_over_ipv4_and_ipv6", inet_https),
         (
