@@ -1,6 +1,7 @@
-//! The gateway when the Yggdrasil side fails: a service's node goes away and comes back, and
-//! an upstream is down. Each test has its own small lab (internet host, gateway host, one
-//! service host), because these tests break the network on purpose.
+//! The gateway when the Yggdrasil side fails: a service's node goes away and comes back, the
+//! gateway's own node restarts, and an upstream is down. Each test has its own small lab
+//! (internet host, gateway host, one service host, one Yggdrasil client), because these tests
+//! break the network on purpose.
 use std::{
     net::{IpAddr, SocketAddr},
     process::Output,
@@ -9,7 +10,7 @@ use std::{
 
 use astrogate::lab::{
     run_client, services, start_gateway,
-    topology::{Topology, TopologySpec, GATEWAY_V4, GATEWAY_V6},
+    topology::{Topology, TopologySpec, GATEWAY_V4, GATEWAY_V6, INET_V4},
     wait_for,
     yggdrasil::wait_routable,
     Child, Workdir,
@@ -18,6 +19,7 @@ use astrogate::lab::{
 const GATEWAY: &str = env!("CARGO_BIN_EXE_astrogate");
 const WAIT: Duration = Duration::from_secs(10);
 const BODY: &str = "gamma over yggdrasil\n";
+const INET_BODY: &str = "www on the clear internet\n";
 /// The gateway's connect_timeout in these labs.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -34,7 +36,7 @@ impl SmallLab {
         let dir = Workdir::new(tag).unwrap();
         let spec = TopologySpec {
             services: &["gamma"],
-            client: false,
+            client: true,
         };
         let topo = Topology::build(&spec, &dir).unwrap_or_else(|e| panic!("{e}"));
         let gamma = topo.service("gamma").unwrap();
@@ -54,6 +56,15 @@ impl SmallLab {
             SocketAddr::new(IpAddr::V6(c), 7),
         )
         .unwrap_or_else(|e| panic!("{e}"));
+        let inet = services::http_server(
+            &topo.inet,
+            &dir,
+            "inet-www",
+            SocketAddr::new(IpAddr::V4(INET_V4), 80),
+            &[("index.html", INET_BODY)],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let g = topo.gateway.address();
         let config = format!(
             r#"
 [gateway]
@@ -69,9 +80,20 @@ name = "dial"
 bind = ["{GATEWAY_V4}:7070"]
 protocols = ["dial"]
 
+[[listener]]
+name = "ygg-http"
+bind = ["[{g}]:80"]
+protocols = ["http"]
+
 [[route]]
 hosts = ["www.gamma.example", "echo.gamma.example"]
 to = "[{c}]"
+listeners = ["http", "dial"]
+
+[[route]]
+hosts = ["www.inet.example"]
+to = "{INET_V4}:80"
+listeners = ["ygg-http"]
 
 # Nothing listens on this port of gamma.
 [[route]]
@@ -84,7 +106,7 @@ to = "[{c}]:81"
             .unwrap_or_else(|e| panic!("{e}"));
         SmallLab {
             gateway,
-            _servers: vec![www, echo],
+            _servers: vec![www, echo, inet],
             topo,
             dir,
         }
@@ -126,6 +148,34 @@ to = "[{c}]:81"
         let text = String::from_utf8_lossy(&o.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
         (code.to_string(), body.to_string(), elapsed)
+    }
+
+    /// GETs www.inet.example from the Yggdrasil client through the gateway's Yggdrasil
+    /// listener; returns (status, body).
+    fn get_from_ygg(&self) -> (String, String) {
+        let client = self.topo.client.as_ref().unwrap();
+        let url = format!("http://[{}]/index.html", self.topo.gateway.address());
+        let o = run_client(
+            &client.ns,
+            self.dir.path(),
+            Duration::from_secs(30),
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "10",
+                "-H",
+                "Host: www.inet.example",
+                "-w",
+                "\n%{http_code}",
+                &url,
+            ],
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.to_string(), body.to_string())
     }
 
     fn access_line(&self, needles: &[&str]) -> String {
@@ -262,5 +312,75 @@ fn service_node_restart_recovers_without_restarting_the_gateway() {
     assert_eq!(
         ok, 3,
         "one request before and two after the restart:\n{log}"
+    );
+}
+
+/// A yggdrasil upgrade on the gateway host restarts the gateway's own node: its address leaves
+/// the TUN interface and comes back. The gateway's listener on that address and its upstream
+/// connections into the overlay must both work again without restarting the gateway.
+#[test]
+fn gateway_node_restart_keeps_both_directions_working() {
+    let mut lab = SmallLab::new("gwrestart");
+    let v4 = IpAddr::V4(GATEWAY_V4);
+    assert_eq!(lab.get("www.gamma.example", v4).0, "200");
+    assert_eq!(
+        lab.get_from_ygg(),
+        ("200".to_string(), INET_BODY.to_string())
+    );
+    let gateway_pid = lab.gateway.pid();
+
+    let topo = &mut lab.topo;
+    topo.gateway
+        .node
+        .restart(&topo.gateway.ns)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let others: Vec<_> = topo
+        .services
+        .iter()
+        .chain(topo.client.iter())
+        .map(|h| h.address())
+        .collect();
+    // The other nodes dial the gateway's; a dial that failed while it was down is retried
+    // later, which bounds how long this may take.
+    let started = Instant::now();
+    topo.gateway
+        .node
+        .wait_peered(&others, Duration::from_secs(90))
+        .unwrap_or_else(|e| panic!("{e}"));
+    for addr in &others {
+        wait_routable(
+            &topo.gateway.ns,
+            SocketAddr::new(IpAddr::V6(*addr), 9),
+            Duration::from_secs(20),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let client = topo.client.as_ref().unwrap();
+    wait_routable(
+        &client.ns,
+        SocketAddr::new(IpAddr::V6(topo.gateway.address()), 9),
+        Duration::from_secs(20),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "the gateway's node was back and routable after {:?}",
+        started.elapsed()
+    );
+
+    let (code, body, _) = lab.get("www.gamma.example", v4);
+    assert_eq!(
+        (code.as_str(), body.as_str()),
+        ("200", BODY),
+        "internet to Yggdrasil"
+    );
+    assert_eq!(
+        lab.get_from_ygg(),
+        ("200".to_string(), INET_BODY.to_string()),
+        "Yggdrasil to the internet, through the listener on the node's address"
+    );
+    assert_eq!(lab.gateway.pid(), gateway_pid);
+    assert!(
+        lab.gateway.exited().is_none(),
+        "the gateway must still be running"
     );
 }
