@@ -491,7 +491,10 @@ fn s2s(ns: &Netns, gateway: SocketAddr, to: &str) -> Result<String, String> {
             s.write_all(header.as_bytes())?;
             let mut got = Vec::new();
             let mut buf = [0u8; 4096];
-            while !String::from_utf8_lossy(&got).contains("</stream:features>") {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline
+                && !String::from_utf8_lossy(&got).contains("</stream:features>")
+            {
                 match s.read(&mut buf)? {
                     0 => break,
                     n => got.extend_from_slice(&buf[..n]),

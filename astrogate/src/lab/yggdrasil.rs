@@ -28,7 +28,6 @@ pub struct NodeSpec {
 #[derive(Debug)]
 pub struct YggNode {
     name: String,
-    ns_name: String,
     config: PathBuf,
     admin: PathBuf,
     log_dir: PathBuf,
@@ -98,7 +97,6 @@ impl YggNode {
             })?;
         Ok(YggNode {
             name: name.to_string(),
-            ns_name: String::new(),
             config,
             admin,
             log_dir: dir.path().to_path_buf(),
@@ -121,10 +119,6 @@ impl YggNode {
         &self.admin
     }
 
-    pub fn config_path(&self) -> &Path {
-        &self.config
-    }
-
     /// The log of the current (or last) run.
     pub fn log_path(&self) -> PathBuf {
         self.log_dir
@@ -145,7 +139,6 @@ impl YggNode {
         // refuses to listen on it.
         let _ = std::fs::remove_file(&self.admin);
         self.starts += 1;
-        self.ns_name = ns.name().to_string();
         let mut cmd = ns.command("yggdrasil");
         cmd.arg("-useconffile")
             .arg(&self.config)
@@ -195,23 +188,18 @@ impl YggNode {
         }
     }
 
-    /// Stops and starts the node again in the namespace it last ran in, with the same key.
+    /// Stops the node and starts it again in `ns`, with the same key and so the same address.
     pub fn restart(&mut self, ns: &Netns) -> Result<(), LabError> {
         self.stop();
         self.start(ns)
     }
 
-    pub fn is_running(&mut self) -> bool {
-        match &mut self.child {
-            Some(child) => child.exited().is_none(),
-            None => false,
-        }
-    }
-
     /// `yggdrasilctl -json` against this node's admin socket.
     pub fn ctl(&self, command: &str) -> Result<serde_json::Value, LabError> {
         let endpoint = format!("-endpoint=unix://{}", self.admin.display());
-        let out = run(Command::new("yggdrasilctl").args(["-json", &endpoint, command]))?;
+        // Bounded: a wedged node must fail the wait that asked, not hang it.
+        let out =
+            run(Command::new("timeout").args(["5", "yggdrasilctl", "-json", &endpoint, command]))?;
         serde_json::from_str(&out).map_err(|e| LabError::Failed {
             command: format!("yggdrasilctl {endpoint} {command}"),
             status: format!("printed no JSON ({e})"),

@@ -294,10 +294,6 @@ impl YggLab {
         self.gateway.output()
     }
 
-    pub fn gateway_pid(&self) -> u32 {
-        self.gateway.pid()
-    }
-
     /// The output so far of the server called `name`.
     pub fn server_log(&self, name: &str) -> String {
         self.servers
