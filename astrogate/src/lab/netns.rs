@@ -38,6 +38,14 @@ impl Netns {
             }
         };
         let ns = Netns { name, handle };
+        // Without DAD, link-local addresses are usable the moment a link is up. With it, the
+        // first neighbour solicitation on a fresh veth can go unanswered, and the first IPv6
+        // connection then waits out a one-second retransmit.
+        run(ns.command("sysctl").args([
+            "-qw",
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+        ]))?;
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
