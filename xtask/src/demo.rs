@@ -289,7 +289,7 @@ fn exercise(lab: &YggLab) -> Vec<Row> {
         IN,
         "acme (302)",
         "curl -6 -L",
-        redirect_url.clone(),
+        "token at redirect.alpha.example → acme.alpha.example".into(),
         &|| {
             expect_body(
                 curl(lab, inet, &["-6", "-L", &redirect_url]),

@@ -38,14 +38,6 @@ impl Netns {
             }
         };
         let ns = Netns { name, handle };
-        // Without DAD, link-local addresses are usable the moment a link is up. With it, the
-        // first neighbour solicitation on a fresh veth can go unanswered, and the first IPv6
-        // connection then waits out a one-second retransmit.
-        run(ns.command("sysctl").args([
-            "-qw",
-            "net.ipv6.conf.all.accept_dad=0",
-            "net.ipv6.conf.default.accept_dad=0",
-        ]))?;
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -247,6 +239,20 @@ impl Veth {
                 ns.ip(&args)?;
             }
             ns.ip(&["link", "set", ifname, "up"])?;
+        }
+        // Until the kernel has seen the carrier on both ends (operstate UP), IPv6 is not fully
+        // up on them: the first neighbour solicitation then goes unanswered, and the first IPv6
+        // connection over the link waits out a one-second retransmit.
+        for (ns, ifname) in [(a, &veth.a_if), (b, &veth.b_if)] {
+            super::wait_for(
+                &format!("{ifname} in {} to be operationally up", ns.name()),
+                std::time::Duration::from_secs(5),
+                || {
+                    ns.ip(&["-o", "link", "show", "dev", ifname])
+                        .ok()
+                        .filter(|l| l.contains("state UP"))
+                },
+            )?;
         }
         Ok(veth)
     }
