@@ -4,7 +4,10 @@ mod common;
 
 use std::{process::Stdio, time::Duration};
 
-use astrogate::lab::wait_for;
+use astrogate::lab::{
+    services::{self, ProsodySpec},
+    wait_for,
+};
 use common::{stderr, Lab, GATEWAY};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -67,50 +70,19 @@ to = "127.0.0.1"
     );
 }
 
-/// Writes a prosody config for `domain` with c2s on `c2s` and s2s on `s2s`, plus a user.
+/// Starts prosody for `domain` with c2s on `c2s` and s2s on `s2s` on the namespace's loopback,
+/// with the user alice.
 pub fn prosody(lab: &mut Lab, domain: &str, c2s: u16, s2s: u16) {
-    let (cert, key) = lab.cert(domain);
-    let dir = lab.dir.path().display().to_string();
-    let config = format!(
-        r#"
-pidfile = "{dir}/prosody-data/prosody.pid"
-data_path = "{dir}/prosody-data"
-interfaces = {{ "127.0.0.1", "::1" }}
-c2s_ports = {{ {c2s} }}
-s2s_ports = {{ {s2s} }}
-modules_enabled = {{ "disco"; "roster"; "saslauth"; "tls"; "ping"; "dialback" }}
-authentication = "internal_plain"
-c2s_require_encryption = true
-s2s_secure_auth = false
-log = {{ {{ levels = {{ min = "info" }}, to = "console" }} }}
-VirtualHost "{domain}"
-  ssl = {{ certificate = "{cert}"; key = "{key}" }}
-"#
-    );
-    let path = lab.dir.write("prosody.cfg.lua", config).unwrap();
-    let path = path.to_string_lossy().into_owned();
-    std::fs::create_dir_all(lab.dir.join("prosody-data")).unwrap();
-    // prosodyctl drops root for the `prosody` user, which must be able to write the data.
-    let out = std::process::Command::new("chown")
-        .args(["-R", "prosody:prosody"])
-        .arg(lab.dir.join("prosody-data"))
-        .args([&path, &cert, &key])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "chown: {}", stderr(&out));
-    let out = std::process::Command::new("prosodyctl")
-        .args(["--config", &path, "register", "alice", domain, "s3cret"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "prosodyctl register: {}",
-        stderr(&out)
-    );
-    let ready = format!("127.0.0.1:{c2s}").parse().unwrap();
-    // Prosody refuses to run as root.
-    let args = ["-u", "prosody", "--", "prosody", "--config", &path, "-F"];
-    lab.spawn("prosody", "runuser", &args, Some(ready));
+    let spec = ProsodySpec {
+        name: "prosody",
+        domain,
+        interfaces: &["127.0.0.1", "::1"],
+        c2s_port: c2s,
+        s2s_port: s2s,
+        users: &[("alice", "s3cret")],
+    };
+    let child = services::prosody(&lab.ns, &lab.dir, &spec).unwrap_or_else(|e| panic!("{e}"));
+    lab.children.push(child);
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //!
 //! Every command that builds calls `setup` first, so a fresh machine of the supported kind needs
 //! nothing but this repository.
+mod demo;
 mod ebpf;
 mod setup;
 mod util;
@@ -25,7 +26,14 @@ enum Command {
     BuildEbpf,
     /// Set up, build the eBPF programs, then build the daemon and tunnel client (release).
     Build,
-    /// Build, then run the gateway in the foreground on config/astrogate.toml.
+    /// Build, bring up the Yggdrasil namespace lab, run the gateway in it, show every protocol
+    /// working in both directions with real clients, and tear the lab down.
+    Demo {
+        /// Keep the lab running after the table, until Enter or Ctrl-C, to poke at it.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Build, then run the gateway in the foreground on config/astrogate.toml (on a real host).
     Run {
         /// Config file to run with.
         #[arg(long, default_value = "config/astrogate.toml")]
@@ -61,6 +69,10 @@ fn main() -> Result<()> {
             ebpf::build(&root).map(|_| ())
         }
         Command::Build => build(&root),
+        Command::Demo { keep } => {
+            build(&root)?;
+            demo::run(&root, keep)
+        }
         Command::Run { config, args } => {
             build(&root)?;
             let bin = root.join("target/release/astrogate");

@@ -24,6 +24,9 @@ const APT_PACKAGES: &[&str] = &[
     "prosody",
     "lua-sec",
     "sendxmpp",
+    // An XMPP client that speaks IPv6 (sendxmpp's Perl stack is IPv4 only).
+    "go-sendxmpp",
+    "python3",
     "bpftool",
 ];
 

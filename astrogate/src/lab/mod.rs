@@ -6,10 +6,18 @@
 mod gateway;
 mod netns;
 mod process;
+pub mod services;
 mod tap;
+pub mod topology;
 mod workdir;
+pub mod yggdrasil;
+pub mod ygglab;
 
-use std::time::{Duration, Instant};
+use std::{
+    path::Path,
+    process::Output,
+    time::{Duration, Instant},
+};
 
 pub use gateway::start_gateway;
 pub use netns::{enter_on_this_thread as enter, Netns, Veth};
@@ -36,6 +44,40 @@ pub fn wait_for<T>(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Runs a client program in `ns` (working directory `dir`, standard input from `stdin` or
+/// empty) to completion and returns its output whatever its exit status; `timeout(1)` kills
+/// it after `limit`, so no client can hang a test.
+pub fn run_client(
+    ns: &Netns,
+    dir: &Path,
+    limit: Duration,
+    program: &str,
+    args: &[&str],
+    stdin: Option<&Path>,
+) -> Result<Output, LabError> {
+    let mut cmd = ns.command("timeout");
+    let secs = format!("{}", limit.as_secs_f64());
+    cmd.args(["--kill-after=2", &secs, program])
+        .args(args)
+        .current_dir(dir);
+    match stdin {
+        Some(path) => {
+            let file = std::fs::File::open(path).map_err(|source| LabError::Io {
+                what: format!("opening {}", path.display()),
+                source,
+            })?;
+            cmd.stdin(file);
+        }
+        None => {
+            cmd.stdin(std::process::Stdio::null());
+        }
+    }
+    cmd.output().map_err(|source| LabError::Spawn {
+        command: format!("{cmd:?}"),
+        source,
+    })
 }
 
 /// Fails early, with the reason, when the lab cannot work here.

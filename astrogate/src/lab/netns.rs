@@ -90,6 +90,29 @@ impl Netns {
         })
     }
 
+    /// Gives the namespace its own `/etc/hosts`: `ip netns exec` bind-mounts
+    /// `/etc/netns/<name>/hosts` over it, so every program the lab starts in the namespace
+    /// (the gateway included) resolves these names through the ordinary system resolver.
+    /// A `resolv.conf` pointing at the namespace's own loopback comes with it, so a name not in
+    /// the file fails at once instead of waiting on the host's DNS servers.
+    pub fn set_hosts(&self, entries: &[(std::net::IpAddr, &str)]) -> Result<(), LabError> {
+        let dir = etc_dir(&self.name);
+        let io = |what: String| move |source| LabError::Io { what, source };
+        std::fs::create_dir_all(&dir).map_err(io(format!("creating {dir}")))?;
+        let mut hosts = String::from("127.0.0.1 localhost\n::1 localhost\n");
+        for (addr, name) in entries {
+            hosts.push_str(&format!("{addr} {name}\n"));
+        }
+        std::fs::write(format!("{dir}/hosts"), hosts)
+            .map_err(io(format!("writing {dir}/hosts")))?;
+        std::fs::write(
+            format!("{dir}/resolv.conf"),
+            "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+        )
+        .map_err(io(format!("writing {dir}/resolv.conf")))?;
+        Ok(())
+    }
+
     /// Pids of processes inside the namespace.
     pub fn pids(&self) -> Vec<i32> {
         run(Command::new("ip").args(["netns", "pids", &self.name]))
@@ -121,7 +144,13 @@ impl Drop for Netns {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         let _ = run(Command::new("ip").args(["netns", "del", &self.name]));
+        let _ = std::fs::remove_dir_all(etc_dir(&self.name));
     }
+}
+
+/// Where `ip netns exec` looks for files to mount over `/etc`.
+fn etc_dir(name: &str) -> String {
+    format!("/etc/netns/{name}")
 }
 
 fn remove_stale() {
@@ -147,6 +176,22 @@ fn remove_stale() {
                 }
             }
             let _ = run(Command::new("ip").args(["netns", "del", &name]));
+        }
+    }
+    // `ip netns del` leaves /etc/netns/<name> behind; remove those of dead test processes too.
+    let Ok(entries) = std::fs::read_dir("/etc/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let dead = name
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<i32>().ok())
+            // SAFETY: signal 0 only checks whether the process exists.
+            .is_some_and(|pid| unsafe { libc::kill(pid, 0) } != 0);
+        if dead {
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }
@@ -194,6 +239,20 @@ impl Veth {
                 ns.ip(&args)?;
             }
             ns.ip(&["link", "set", ifname, "up"])?;
+        }
+        // Until the kernel has seen the carrier on both ends (operstate UP), IPv6 is not fully
+        // up on them: the first neighbour solicitation then goes unanswered, and the first IPv6
+        // connection over the link waits out a one-second retransmit.
+        for (ns, ifname) in [(a, &veth.a_if), (b, &veth.b_if)] {
+            super::wait_for(
+                &format!("{ifname} in {} to be operationally up", ns.name()),
+                std::time::Duration::from_secs(5),
+                || {
+                    ns.ip(&["-o", "link", "show", "dev", ifname])
+                        .ok()
+                        .filter(|l| l.contains("state UP"))
+                },
+            )?;
         }
         Ok(veth)
     }

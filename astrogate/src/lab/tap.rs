@@ -96,6 +96,28 @@ impl Tap {
     }
 }
 
+impl Tap {
+    /// The connections finished so far.
+    pub fn records(&self) -> Vec<TapRecord> {
+        self.records.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Waits for a finished connection that satisfies `matches` (`what` describes it), so
+    /// tests sharing one tap can each find their own connection.
+    pub fn wait_record(
+        &self,
+        what: &str,
+        timeout: Duration,
+        matches: impl Fn(&TapRecord) -> bool,
+    ) -> Result<TapRecord, LabError> {
+        let what = format!("{what} through the tap at {}", self.addr);
+        wait_for(&what, timeout, || {
+            let records = self.records.lock().ok()?;
+            records.iter().find(|r| matches(r)).cloned()
+        })
+    }
+}
+
 impl Drop for Tap {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);

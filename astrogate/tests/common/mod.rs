@@ -7,11 +7,11 @@ pub mod streams;
 use std::{
     net::{SocketAddr, TcpStream},
     path::Path,
-    process::{Command, Output},
+    process::Output,
     time::Duration,
 };
 
-use astrogate::lab::{start_gateway, wait_for, Child, Netns, Tap, Veth, Workdir};
+use astrogate::lab::{services, start_gateway, wait_for, Child, Netns, Tap, Veth, Workdir};
 
 pub const GATEWAY: &str = env!("CARGO_BIN_EXE_astrogate");
 
@@ -122,29 +122,9 @@ impl Lab {
 
     /// Serves `files` (path, contents) over HTTP with Python's http.server.
     pub fn http_server(&mut self, name: &str, addr: SocketAddr, files: &[(&str, &str)]) {
-        let root = format!("www-{name}");
-        for (path, body) in files {
-            self.dir
-                .write(&format!("{root}/{path}"), body)
-                .expect("writing a served file");
-        }
-        let port = addr.port().to_string();
-        let ip = addr.ip().to_string();
-        let root_path = self.dir.join(&root).to_string_lossy().into_owned();
-        self.spawn(
-            name,
-            "python3",
-            &[
-                "-m",
-                "http.server",
-                &port,
-                "--bind",
-                &ip,
-                "--directory",
-                &root_path,
-            ],
-            Some(addr),
-        );
+        let child = services::http_server(&self.ns, &self.dir, name, addr, files)
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.children.push(child);
     }
 
     /// A recording relay from `listen` to `target`.
@@ -165,36 +145,12 @@ impl Lab {
 
     /// A self-signed certificate for `host`, as (cert, key) paths.
     pub fn cert(&self, host: &str) -> (String, String) {
-        let cert = self
-            .dir
-            .join(&format!("{host}.crt"))
-            .to_string_lossy()
-            .into_owned();
-        let key = self
-            .dir
-            .join(&format!("{host}.key"))
-            .to_string_lossy()
-            .into_owned();
-        let out = Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-            ])
-            .args(["-nodes", "-days", "2", "-subj", &format!("/CN={host}")])
-            .args(["-addext", &format!("subjectAltName=DNS:{host}")])
-            .args(["-keyout", &key, "-out", &cert])
-            .output()
-            .expect("running openssl req");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (cert, key)
+        let (cert, key) =
+            services::self_signed_cert(&self.dir, host, &[]).unwrap_or_else(|e| panic!("{e}"));
+        (
+            cert.to_string_lossy().into_owned(),
+            key.to_string_lossy().into_owned(),
+        )
     }
 }
 
