@@ -7,7 +7,7 @@ pub mod streams;
 use std::{
     net::{SocketAddr, TcpStream},
     path::Path,
-    process::Output,
+    process::{Command, Output},
     time::Duration,
 };
 
