@@ -20,12 +20,21 @@ pub struct PeerEntry {
     /// Redirected-byte count (`SockStats::redirected`) past which the program asks user space
     /// to look at the peer's backlog. User space raises it as the peer drains.
     pub limit: u64,
+    /// Redirected-byte count the program never goes past: beyond it, bytes are passed to the
+    /// socket's own queue, where they count against its receive buffer and TCP flow control
+    /// stops the sender. This is what makes the memory bound hold however slowly user space
+    /// answers the `limit` notice.
+    pub hard_limit: u64,
+    /// How many of this socket's passed bytes (`SockStats::passed`) user space has forwarded.
+    /// While the two differ the program keeps passing: a redirected byte would overtake the
+    /// passed ones still waiting in the socket's queue.
+    pub consumed: u64,
     /// Bit set of `PEER_FLAG_*`.
     pub flags: u32,
     /// Explicit padding so the layout has no hidden bytes.
     pub _reserved: u32,
 }
-const _: () = assert!(core::mem::size_of::<PeerEntry>() == 24);
+const _: () = assert!(core::mem::size_of::<PeerEntry>() == 40);
 
 /// Set once both sockets of a pair are in the redirect-target map. Until then the verdict
 /// passes data to the socket's own receive queue, where user space can still read it: a

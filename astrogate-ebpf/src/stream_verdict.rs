@@ -1,6 +1,6 @@
 //! `sk_skb` stream verdict: redirects bytes that arrive on one socket of a pair to the egress
 //! of its peer, so established connections are forwarded without a copy through user space.
-use astrogate_common::{Counter, OverLimit, PEER_FLAG_ENABLED};
+use astrogate_common::{Counter, OverLimit, PeerEntry, SockStats, PEER_FLAG_ENABLED};
 use aya_ebpf::{
     bindings::sk_action::{SK_DROP, SK_PASS},
     helpers::bpf_get_socket_cookie,
@@ -47,12 +47,14 @@ fn try_verdict(ctx: &SkBuffContext) -> u32 {
         return SK_PASS;
     }
     let redirected = stats.redirected + len;
-    if redirected > entry.limit && stats.notified_limit != entry.limit {
-        stats.notified_limit = entry.limit;
-        let notice = OverLimit { cookie, redirected };
-        if EVENTS.output::<OverLimit>(&notice, 0).is_err() {
-            count(Counter::EventsLost, 1);
-        }
+    if redirected > entry.hard_limit || stats.passed != entry.consumed {
+        stats.passed += len;
+        notify(cookie, stats, &entry, redirected);
+        count(Counter::Passed, 1);
+        return SK_PASS;
+    }
+    if redirected > entry.limit {
+        notify(cookie, stats, &entry, redirected);
     }
     let verdict = TARGETS.redirect_skb(ctx, &mut entry.peer, 0) as u32;
     if verdict != SK_PASS {
@@ -64,6 +66,18 @@ fn try_verdict(ctx: &SkBuffContext) -> u32 {
     count(Counter::Redirected, 1);
     count(Counter::RedirectedBytes, len);
     verdict
+}
+
+/// Tells user space, once per limit, that a socket crossed it.
+#[inline(always)]
+fn notify(cookie: u64, stats: &mut SockStats, entry: &PeerEntry, redirected: u64) {
+    if stats.notified_limit != entry.limit {
+        stats.notified_limit = entry.limit;
+        let notice = OverLimit { cookie, redirected };
+        if EVENTS.output::<OverLimit>(&notice, 0).is_err() {
+            count(Counter::EventsLost, 1);
+        }
+    }
 }
 
 #[inline(always)]

@@ -57,6 +57,8 @@ fn the_embedded_programs_load_and_splice_both_directions() {
     let entry = |peer| PeerEntry {
         peer,
         limit: u64::MAX,
+        hard_limit: u64::MAX,
+        consumed: 0,
         flags: PEER_FLAG_ENABLED,
         _reserved: 0,
     };
@@ -92,6 +94,8 @@ fn a_pair_that_is_not_enabled_passes_bytes_to_user_space() {
     let disabled = PeerEntry {
         peer: c2,
         limit: u64::MAX,
+        hard_limit: u64::MAX,
+        consumed: 0,
         flags: 0,
         _reserved: 0,
     };

@@ -36,7 +36,9 @@ use crate::ebpf::{Kernel, LoadError, SpliceMaps};
 const MIN_ALLOWANCE: u64 = 64 * 1024;
 /// Pipe size for splicing a half-closed source's remaining bytes.
 const TAIL_PIPE: usize = 1 << 20;
-/// How often a paused or draining direction re-checks its peer's progress.
+/// Most passed bytes forwarded per step.
+const PASSED_CHUNK: usize = 256 * 1024;
+/// How often a passing or draining direction re-checks its peer's progress.
 const POLL: Duration = Duration::from_millis(2);
 /// Sockets the maps hold at most (two per connection); mirrors `MAX_SOCKETS` in the programs.
 const MAX_SOCKETS: usize = 262_144;
@@ -118,6 +120,24 @@ impl KernelPath {
         self.registry().signals.len()
     }
 
+    /// The program's counters, summed over CPUs, as (name, value) pairs.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        use astrogate_common::Counter::*;
+        let reg = self.registry();
+        [
+            ("redirected_skbs", Redirected),
+            ("redirected_bytes", RedirectedBytes),
+            ("passed_skbs", Passed),
+            ("no_peer", NoPeer),
+            ("redirect_failed", RedirectFailed),
+            ("events_lost", EventsLost),
+            ("fins_dropped", FinDropped),
+        ]
+        .into_iter()
+        .map(|(name, c)| (name, reg.maps.counter(c).unwrap_or(0)))
+        .collect()
+    }
+
     /// Entries left in every per-socket map, for leak checks: (sockhash, targets, peers, stats).
     pub fn map_entries(&self) -> (usize, usize, usize, usize) {
         let reg = self.registry();
@@ -175,9 +195,18 @@ impl KernelPath {
             return Err(SpliceError::Unavailable("the sockmap is full".into()));
         }
         let allowance = self.allowance(reg.signals.len() + 2);
+        // Redirected bytes leave the receive queue at once, so TCP keeps advertising the whole
+        // receive buffer and a fast sender can put a full window in flight before a pause takes
+        // effect. Capping the buffer at the allowance bounds that overshoot too. (The kernel
+        // doubles the value it is given, for its own bookkeeping.)
+        for stream in [client, upstream] {
+            let _ = SockRef::from(stream).set_recv_buffer_size((allowance / 2) as usize);
+        }
         let entry = |peer| PeerEntry {
             peer,
             limit: allowance,
+            hard_limit: 2 * allowance,
+            consumed: 0,
             flags: PEER_FLAG_ENABLED,
             _reserved: 0,
         };
@@ -214,11 +243,16 @@ impl KernelPath {
         let down = Arc::new(DirSignal::default());
         reg.signals.insert(cc, up.clone());
         reg.signals.insert(uc, down.clone());
-        let mut up = Dir::new((cc, cfd), (uc, ufd), u_base, up);
-        up.state = client_state;
-        Ok(Pair {
-            dirs: [up, Dir::new((uc, ufd), (cc, cfd), c_base, down)],
-        })
+        let mut dirs = [
+            Dir::new((cc, cfd), (uc, ufd), u_base, up),
+            Dir::new((uc, ufd), (cc, cfd), c_base, down),
+        ];
+        dirs[UP].state = client_state;
+        for d in &mut dirs {
+            d.limit = allowance;
+            d.hard_limit = 2 * allowance;
+        }
+        Ok(Pair { dirs })
     }
 
     /// Removes the pair from every map and returns the bytes each direction redirected.
@@ -249,7 +283,7 @@ impl KernelPath {
             let polling = pair
                 .dirs
                 .iter()
-                .any(|d| matches!(d.state, State::Paused | State::Draining | State::Tail));
+                .any(|d| matches!(d.state, State::Passing | State::Draining | State::Tail));
             let tick = async {
                 if polling {
                     tokio::time::sleep(POLL).await
@@ -271,7 +305,7 @@ impl KernelPath {
             let mut fatal = match event {
                 Event::Read(i, r) => self.on_read(pair, i, r, streams).await,
                 Event::OverLimit(i) => self.on_over_limit(pair, i),
-                Event::Tick => self.on_tick(pair, streams),
+                Event::Tick => self.on_tick(pair, streams).await,
             };
             if fatal.is_none() {
                 fatal = self.splice_tails(pair, streams).await;
@@ -301,44 +335,22 @@ impl KernelPath {
             ReadOutcome::Eof => {
                 tracing::debug!(cookie = pair.dirs[i].src_cookie, "kernel path: EOF");
                 pair.dirs[i].state = State::Draining;
-                self.on_tick(pair, streams)
+                self.on_tick(pair, streams).await
             }
             ReadOutcome::Reset => Some((i, DirectionEnd::Reset)),
             ReadOutcome::Failed(e) => Some((i, DirectionEnd::ReadFailed(e))),
-            ReadOutcome::Data(bytes) => {
-                // Only possible if the verdict passed bytes to this socket's own queue. They
-                // are older than anything still queued for the peer only if the peer has
-                // drained, so wait for that before writing them.
-                loop {
-                    let left = backlog(&self.registry(), &pair.dirs[i]);
-                    match left {
-                        Some(0) => break,
-                        Some(_) => tokio::time::sleep(POLL).await,
-                        None => {
-                            return Some((
-                                i,
-                                DirectionEnd::WriteFailed(io::Error::other("peer gone")),
-                            ))
-                        }
-                    }
-                }
-                let dst = streams[1 - i];
-                if let Err(e) = write_all(dst, &bytes).await {
-                    return Some((i, DirectionEnd::WriteFailed(e)));
-                }
-                pair.dirs[i].copied += bytes.len() as u64;
-                pair.dirs[i].dst_user_written += bytes.len() as u64;
-                tracing::warn!(
-                    bytes = bytes.len(),
-                    "kernel path: bytes reached user space and were copied"
-                );
-                None
+            ReadOutcome::Passed => {
+                // Bytes went past the hard limit into this socket's own queue.
+                pair.dirs[i].state = State::Passing;
+                self.on_passing(pair, i, streams).await
             }
         }
     }
 
-    /// The program saw direction `i` cross its allowance: raise it if the peer is keeping up,
-    /// otherwise pause the source.
+    /// The program saw direction `i` cross its soft limit: raise the limits while the peer
+    /// keeps up. Otherwise leave them: at the hard limit the program passes bytes to the
+    /// source's own queue, where they fill its receive buffer and TCP flow control stops the
+    /// sender, and `Passing` takes over.
     fn on_over_limit(&self, pair: &mut Pair, i: usize) -> Option<(usize, DirectionEnd)> {
         if !matches!(pair.dirs[i].state, State::Active) {
             return None;
@@ -347,62 +359,113 @@ impl KernelPath {
         let allowance = self.allowance(reg.signals.len());
         let dir = &mut pair.dirs[i];
         let backlog = backlog(&reg, dir)?;
-        if backlog < allowance / 2 {
+        if passed_pending(&reg, dir) == 0 && backlog < allowance / 2 {
             tracing::trace!(
                 cookie = dir.src_cookie,
                 backlog,
                 "kernel path: raising a limit"
             );
             let _ = raise_limit(&mut reg, dir, allowance, backlog);
-            return None;
-        }
-        if reg.maps.socks.remove(&dir.src_cookie).is_ok() {
-            tracing::debug!(
-                cookie = dir.src_cookie,
-                backlog,
-                allowance,
-                "kernel path: pausing a source"
-            );
-            dir.state = State::Paused;
         }
         None
     }
 
-    /// Periodic work for paused and draining directions.
-    fn on_tick(&self, pair: &mut Pair, streams: [&TcpStream; 2]) -> Option<(usize, DirectionEnd)> {
+    /// Forwards what the program passed to direction `i`'s source queue, once the destination
+    /// has drained, and returns to redirecting when caught up. These are the only payload
+    /// bytes user space ever copies, and only while a destination is slower than its source.
+    async fn on_passing(
+        &self,
+        pair: &mut Pair,
+        i: usize,
+        streams: [&TcpStream; 2],
+    ) -> Option<(usize, DirectionEnd)> {
+        let caught_up = match self.forward_passed(pair, i, streams).await {
+            Err(fatal) => return Some(fatal),
+            Ok(caught_up) => caught_up,
+        };
+        let mut reg = self.registry();
+        let allowance = self.allowance(reg.signals.len());
+        let dir = &mut pair.dirs[i];
+        let backlog = backlog(&reg, dir)?;
+        // Publishing the consumed count lets the program redirect again the moment nothing
+        // passed is left; new limits only once the destination has room.
+        let published = if backlog < allowance / 2 {
+            raise_limit(&mut reg, dir, allowance, backlog)
+        } else {
+            publish(&mut reg, dir)
+        };
+        if caught_up && backlog < allowance / 2 && published.is_ok() {
+            tracing::debug!(
+                cookie = dir.src_cookie,
+                backlog,
+                "kernel path: redirecting again"
+            );
+            dir.state = State::Active;
+        }
+        None
+    }
+
+    /// Forwards bytes the program passed to direction `i`'s source queue, once the destination
+    /// has drained. Returns whether none is left pending.
+    async fn forward_passed(
+        &self,
+        pair: &mut Pair,
+        i: usize,
+        streams: [&TcpStream; 2],
+    ) -> Result<bool, (usize, DirectionEnd)> {
+        let gone = || {
+            (
+                i,
+                DirectionEnd::WriteFailed(io::Error::other("destination gone")),
+            )
+        };
+        let (left, pending) = {
+            let reg = self.registry();
+            let dir = &pair.dirs[i];
+            (
+                backlog(&reg, dir).ok_or_else(gone)?,
+                passed_pending(&reg, dir),
+            )
+        };
+        if pending == 0 {
+            return Ok(true);
+        }
+        // Passed bytes come after everything redirected, so they may only follow once the
+        // destination has queued all of that.
+        if left != 0 {
+            return Ok(false);
+        }
+        // While the source is in the verdict map its receive queue holds nothing the program
+        // has not seen, so a read returns passed bytes, in order. Never more than are pending.
+        let mut buf = Vec::with_capacity((pending as usize).min(PASSED_CHUNK));
+        let n = match streams[i].try_read_buf(&mut buf) {
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+                return Ok(false)
+            }
+            Err(e) => return Err((i, DirectionEnd::ReadFailed(e))),
+        };
+        write_all(streams[1 - i], &buf[..n])
+            .await
+            .map_err(|e| (i, DirectionEnd::WriteFailed(e)))?;
+        let dir = &mut pair.dirs[i];
+        dir.consumed += n as u64;
+        dir.copied += n as u64;
+        dir.dst_user_written += n as u64;
+        Ok(n as u64 == pending)
+    }
+
+    /// Periodic work for passing and draining directions.
+    async fn on_tick(
+        &self,
+        pair: &mut Pair,
+        streams: [&TcpStream; 2],
+    ) -> Option<(usize, DirectionEnd)> {
         for i in [UP, DOWN] {
             match pair.dirs[i].state {
-                State::Paused => {
-                    let mut reg = self.registry();
-                    let allowance = self.allowance(reg.signals.len());
-                    let dir = &mut pair.dirs[i];
-                    let Some(backlog) = backlog(&reg, dir) else {
-                        continue;
-                    };
-                    tracing::trace!(cookie = dir.src_cookie, backlog, "kernel path: paused");
-                    if backlog < allowance / 2 {
-                        let resumed = raise_limit(&mut reg, dir, allowance, backlog)
-                            .and_then(|_| reg.maps.socks.insert(dir.src_cookie, dir.src_fd, 0));
-                        drop(reg);
-                        if let Err(e) = resumed {
-                            if is_half_closed(&e) {
-                                // The client sent FIN while paused, and the kernel only lets
-                                // established sockets join a sockmap. The rest of its bytes
-                                // move by splice(2) once the peer has drained: still never
-                                // through user space.
-                                tracing::debug!(cookie = dir.src_cookie, "kernel path: source half-closed while paused; its tail will be spliced");
-                                dir.state = State::Tail;
-                                continue;
-                            }
-                            return Some((i, DirectionEnd::ReadFailed(io::Error::other(e))));
-                        }
-                        tracing::debug!(
-                            cookie = dir.src_cookie,
-                            backlog,
-                            "kernel path: resuming a source"
-                        );
-                        dir.state = State::Active;
-                        let _ = kick(dir.src_fd);
+                State::Passing => {
+                    if let Some(fatal) = self.on_passing(pair, i, streams).await {
+                        return Some(fatal);
                     }
                 }
                 State::Draining => {
@@ -416,6 +479,11 @@ impl KernelPath {
                             continue;
                         }
                         Err(e) => return Some((i, DirectionEnd::ReadFailed(e))),
+                    }
+                    match self.forward_passed(pair, i, streams).await {
+                        Err(fatal) => return Some(fatal),
+                        Ok(false) => continue,
+                        Ok(true) => {}
                     }
                     if self.drained(&pair.dirs[i]) {
                         tracing::debug!(
@@ -513,16 +581,35 @@ fn backlog(reg: &Registry, dir: &Dir) -> Option<u64> {
     Some((redirected + dir.dst_user_written).saturating_sub(queued))
 }
 
+/// Bytes the program passed to the source's own queue that user space has not forwarded yet.
+fn passed_pending(reg: &Registry, dir: &Dir) -> u64 {
+    let passed = reg
+        .maps
+        .stats
+        .get(&dir.src_cookie, 0)
+        .map_or(0, |s| s.passed);
+    passed.saturating_sub(dir.consumed)
+}
+
 fn raise_limit(
     reg: &mut Registry,
-    dir: &Dir,
+    dir: &mut Dir,
     allowance: u64,
     backlog: u64,
 ) -> Result<(), aya::maps::MapError> {
     let redirected = reg.maps.stats.get(&dir.src_cookie, 0)?.redirected;
+    dir.limit = redirected + allowance.saturating_sub(backlog);
+    dir.hard_limit = dir.limit + allowance;
+    publish(reg, dir)
+}
+
+/// Writes direction `dir`'s limits and consumed count for the program.
+fn publish(reg: &mut Registry, dir: &Dir) -> Result<(), aya::maps::MapError> {
     let entry = PeerEntry {
         peer: dir.dst_cookie,
-        limit: redirected + allowance.saturating_sub(backlog),
+        limit: dir.limit,
+        hard_limit: dir.hard_limit,
+        consumed: dir.consumed,
         flags: PEER_FLAG_ENABLED,
         _reserved: 0,
     };
@@ -571,6 +658,10 @@ async fn read_events(path: Weak<KernelPath>, mut events: AsyncFd<RingBuf<MapData
         let Some(path) = path.upgrade() else {
             return;
         };
+        // Clear first, then drain: the ring wakes its reader only when it was caught up, so an
+        // event landing after the drain but before a later clear would be lost for good, and
+        // with it every event behind it.
+        guard.clear_ready();
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
             if item.len() < std::mem::size_of::<OverLimit>() {
@@ -582,7 +673,6 @@ async fn read_events(path: Weak<KernelPath>, mut events: AsyncFd<RingBuf<MapData
                 signal.over_limit.notify_one();
             }
         }
-        guard.clear_ready();
     }
 }
 
@@ -597,12 +687,14 @@ enum Event {
 
 enum State {
     Active,
-    /// Out of the verdict map until the destination drains.
-    Paused,
+    /// The program is passing this source's bytes to its own queue (hard limit reached);
+    /// user space forwards them until caught up.
+    Passing,
     /// The source sent FIN; waiting for the destination to queue the rest before passing it on.
     Draining,
-    /// The source half-closed while paused and cannot rejoin the map: once the destination has
-    /// drained, the rest of its queue is spliced to the destination.
+    /// The client half-closed between joining the target map and the verdict map, and the
+    /// kernel admits only established sockets: once the destination has drained, the rest of
+    /// its queue is spliced to the destination.
     Tail,
     Done(DirectionEnd),
 }
@@ -617,8 +709,13 @@ struct Dir {
     dst_base: u64,
     /// Bytes user space wrote to `dst` after registration.
     dst_user_written: u64,
-    /// Payload bytes user space had to copy (expected zero).
+    /// Payload bytes user space had to copy: zero unless backpressure hit the hard limit.
     copied: u64,
+    /// Of the bytes the program passed to the source's queue, how many were forwarded.
+    consumed: u64,
+    /// The limits last published for the program.
+    limit: u64,
+    hard_limit: u64,
     /// Bytes moved by splice(2) after a half-close while paused.
     spliced: u64,
     state: State,
@@ -640,6 +737,9 @@ impl Dir {
             dst_base,
             dst_user_written: 0,
             copied: 0,
+            consumed: 0,
+            limit: 0,
+            hard_limit: 0,
             spliced: 0,
             state: State::Active,
             signal,
@@ -667,8 +767,8 @@ enum ReadOutcome {
     Eof,
     Reset,
     Failed(io::Error),
-    /// Bytes that reached user space although the pair was spliced.
-    Data(Vec<u8>),
+    /// Bytes the program passed to this socket's own queue are waiting.
+    Passed,
 }
 
 /// Waits for something to read on `src` (forever if `None`) and reads it.
@@ -676,17 +776,13 @@ async fn read_side(src: Option<&TcpStream>) -> ReadOutcome {
     let Some(src) = src else {
         return std::future::pending().await;
     };
-    loop {
-        if let Err(e) = src.readable().await {
-            return ReadOutcome::Failed(e);
-        }
-        let mut buf = Vec::with_capacity(16 * 1024);
-        match src.try_read_buf(&mut buf) {
-            Ok(0) => return ReadOutcome::Eof,
-            Ok(_) => return ReadOutcome::Data(buf),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return ReadOutcome::Reset,
-            Err(e) => return ReadOutcome::Failed(e),
-        }
+    // Peek, never read: any byte here is one the program passed, and those are forwarded in
+    // exact counts by `forward_passed` only.
+    let mut probe = [0u8; 1];
+    match src.peek(&mut probe).await {
+        Ok(0) => ReadOutcome::Eof,
+        Ok(_) => ReadOutcome::Passed,
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => ReadOutcome::Reset,
+        Err(e) => ReadOutcome::Failed(e),
     }
 }

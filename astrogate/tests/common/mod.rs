@@ -198,6 +198,45 @@ pub fn bpf_maps_of(pid: u32) -> std::collections::HashMap<String, usize> {
     maps
 }
 
+/// Sums the little-endian u64 at `offset` of every value in the process's hash map `name`.
+pub fn bpf_stat_sum(pid: u32, name: &str, offset: usize) -> u64 {
+    let fdinfo = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("reading fdinfo");
+    for entry in fdinfo.flatten() {
+        let info = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let Some(id) = info.lines().find_map(|l| l.strip_prefix("map_id:")) else {
+            continue;
+        };
+        let id = id.trim();
+        let show = Command::new("bpftool")
+            .args(["map", "show", "id", id])
+            .output()
+            .unwrap();
+        if !stdout(&show).contains(&format!("name {name} ")) {
+            continue;
+        }
+        let dump = Command::new("bpftool")
+            .args(["-j", "map", "dump", "id", id])
+            .output()
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&dump.stdout).expect("bpftool JSON");
+        let mut sum = 0u64;
+        for element in json.as_array().into_iter().flatten() {
+            let bytes: Vec<u8> = element["value"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|b| b.as_str())
+                .filter_map(|b| u8::from_str_radix(b.trim_start_matches("0x"), 16).ok())
+                .collect();
+            if let Some(v) = bytes.get(offset..offset + 8) {
+                sum += u64::from_le_bytes(v.try_into().unwrap());
+            }
+        }
+        return sum;
+    }
+    panic!("process {pid} holds no map named {name}");
+}
+
 /// Counts the bytes a process moves through read- and write-family system calls while the
 /// guard lives, with strace attached from outside.
 pub struct SyscallBytes {

@@ -122,6 +122,12 @@ fn run(path: &std::path::Path) -> Result<()> {
                 stats,
                 "kernel path: map entries at exit"
             );
+            let counters: Vec<String> = kernel
+                .counters()
+                .into_iter()
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect();
+            tracing::info!(counters = %counters.join(" "), "kernel path: counters at exit");
         }
         tracing::info!("shutting down");
         Ok(())
