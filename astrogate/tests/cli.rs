@@ -91,3 +91,86 @@ fn help_explains_the_commands() {
         assert!(text.contains(word), "{text}");
     }
 }
+
+/// Without the privileges BPF needs, `data_path = "kernel"` refuses to start and names the
+/// reason, while `"auto"` warns once and serves on the copying path.
+#[test]
+fn data_path_kernel_refuses_and_auto_falls_back_without_bpf() {
+    let lab = Lab::new("clinobpf");
+    let config = |mode: &str| {
+        format!(
+            "[gateway]\ndata_path = \"{mode}\"\n\n[[listener]]\nname = \"dial\"\nbind = [\"127.0.0.1:7070\"]\nprotocols = [\"dial\"]\n\n[[route]]\nhosts = [\"echo.test\"]\nto = \"127.0.0.1:9001\"\n"
+        )
+    };
+    // An unprivileged user: no CAP_BPF, CAP_NET_ADMIN or CAP_SYS_ADMIN.
+    let unprivileged = |path: &std::path::Path| {
+        let mut cmd = lab.ns.command("setpriv");
+        cmd.args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(GATEWAY)
+        .args(["run", "--config"])
+        .arg(path);
+        cmd
+    };
+    let kernel = lab.dir.write("kernel.toml", config("kernel")).unwrap();
+    let _ = std::fs::set_permissions(
+        lab.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    );
+    let _ = std::fs::set_permissions(&kernel, std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    let out = unprivileged(&kernel).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("data_path = \"kernel\", but the kernel path cannot start: loading the eBPF object failed"),
+        "{}",
+        stderr(&out)
+    );
+
+    let auto = lab.dir.write("auto.toml", config("auto")).unwrap();
+    let _ = std::fs::set_permissions(&auto, std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    let log = lab.dir.join("auto.log");
+    let mut gateway =
+        astrogate::lab::Child::spawn("astrogate", &mut unprivileged(&auto), &log).unwrap();
+    astrogate::lab::wait_for(
+        "the unprivileged gateway to start",
+        std::time::Duration::from_secs(10),
+        || gateway.output().contains("astrogate running").then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", gateway.output()));
+    let echo = common::streams::Server::start(&lab.ns, "127.0.0.1:9001", |mut s| {
+        let mut r = s.try_clone().unwrap();
+        let _ = std::io::copy(&mut r, &mut s);
+        common::streams::finish(&s);
+    });
+    let mut s = common::streams::dial(&lab.ns, "127.0.0.1:7070", "echo.test", 9001);
+    use std::io::{Read, Write};
+    s.write_all(b"hello").unwrap();
+    common::streams::finish(&s);
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).unwrap();
+    assert_eq!(back, b"hello");
+    drop(echo);
+    astrogate::lab::wait_for(
+        "the access-log line",
+        std::time::Duration::from_secs(10),
+        || {
+            gateway
+                .output()
+                .contains("path=userspace outcome=ok")
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", gateway.output()));
+    let text = gateway.output();
+    assert_eq!(
+        text.matches("kernel path unavailable; forwarding in user space")
+            .count(),
+        1,
+        "{text}"
+    );
+    gateway.stop(std::time::Duration::from_secs(5));
+}

@@ -99,6 +99,7 @@ fn init_logging(format: LogFormat, level: &str) {
 
 fn run(path: &std::path::Path) -> Result<()> {
     let config = Config::load(path)?;
+    raise_fd_limit();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let server = Server::bind(&config)?;
@@ -132,6 +133,25 @@ fn run(path: &std::path::Path) -> Result<()> {
         tracing::info!("shutting down");
         Ok(())
     })
+}
+
+/// A gateway holds two descriptors per connection; the usual soft limit of 1024 would cap it
+/// near 500 connections, so take the hard limit.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::warn!("could not raise the open-file limit");
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {
