@@ -128,7 +128,11 @@ async fn serve(
     }
     rec.up_bytes = replay.len() as u64;
 
-    let done = match forward_established(snap, client, &upstream, rec).await {
+    let kernel = snap
+        .kernel
+        .as_ref()
+        .filter(|_| listener.data_path.uses_kernel());
+    let done = match forward_established(kernel, &snap.settings, client, &upstream, rec).await {
         Ok(done) => done,
         Err(e) => {
             reset_on_close(client);
@@ -149,12 +153,13 @@ async fn serve(
 /// Forwards a routed connection on the path this gateway uses, falling back to user space for
 /// a connection the kernel path cannot take.
 async fn forward_established(
-    snap: &Snapshot,
+    kernel: Option<&Arc<KernelPath>>,
+    settings: &GatewaySettings,
     client: &TcpStream,
     upstream: &TcpStream,
     rec: &mut AccessRecord,
 ) -> Result<Forwarded, SpliceError> {
-    if let Some(kernel) = &snap.kernel {
+    if let Some(kernel) = kernel {
         let spliced = match kernel::drain_partial(client, upstream).await {
             Ok(drained) => {
                 rec.up_bytes += drained;
@@ -171,7 +176,7 @@ async fn forward_established(
             result => return result,
         }
     }
-    Ok(forward::userspace::forward(client, upstream, snap.settings.buffer_size).await)
+    Ok(forward::userspace::forward(client, upstream, settings.buffer_size).await)
 }
 
 fn fail(rec: &mut AccessRecord, outcome: Outcome, e: std::io::Error) -> Outcome {

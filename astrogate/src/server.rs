@@ -5,7 +5,7 @@ use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::{
-    config::{Config, DataPath, ListenerConfig},
+    config::{Config, ListenerConfig},
     conn::{self, Snapshot},
     forward::kernel::{KernelLimits, KernelPath, StartError},
 };
@@ -107,24 +107,19 @@ impl Server {
     }
 }
 
-/// Starts the kernel path as `data_path` asks: required, attempted, or not at all.
+/// Starts the kernel path when a listener forwards through it. Such a config refuses to start
+/// without it rather than quietly forwarding another way.
 fn start_kernel(config: &Config) -> Result<Option<Arc<KernelPath>>, ServeError> {
-    let mode = config.gateway.data_path;
-    if mode == DataPath::Userspace {
+    if !config.listeners.iter().any(|l| l.data_path.uses_kernel()) {
         return Ok(None);
     }
     let limits = KernelLimits {
         max_backlog: config.gateway.kernel_max_backlog,
         max_backlog_total: config.gateway.kernel_max_backlog_total,
     };
-    match KernelPath::start(limits) {
-        Ok(kernel) => Ok(Some(kernel)),
-        Err(e) if mode == DataPath::Kernel => Err(ServeError::Kernel(e)),
-        Err(e) => {
-            tracing::warn!(error = %e, "kernel path unavailable; forwarding in user space");
-            Ok(None)
-        }
-    }
+    KernelPath::start(limits)
+        .map(Some)
+        .map_err(ServeError::Kernel)
 }
 
 fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {

@@ -2,6 +2,7 @@
 //!
 //! Every command that builds calls `setup` first, so a fresh machine of the supported kind needs
 //! nothing but this repository.
+mod bench;
 mod demo;
 mod ebpf;
 mod setup;
@@ -51,6 +52,19 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Benchmark the kernel and user-space paths against direct connections and HAProxy,
+    /// on loopback and across veth, and print a table of medians and ratios.
+    Bench {
+        /// Runs per measurement; the table shows medians.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Seconds per throughput and connection-rate run.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+        /// Idle connections opened for the memory measurement.
+        #[arg(long, default_value_t = 10_000)]
+        idle: usize,
+    },
     /// Run every cargo-fuzz target for a while and report executions per target.
     Fuzz {
         /// Seconds per target.
@@ -88,6 +102,21 @@ fn main() -> Result<()> {
                 fuzz::run(&root, fuzz_seconds)?;
             }
             Ok(())
+        }
+        Command::Bench {
+            runs,
+            seconds,
+            idle,
+        } => {
+            build(&root)?;
+            bench::run(
+                &root,
+                &bench::Options {
+                    runs,
+                    seconds,
+                    idle,
+                },
+            )
         }
         Command::Fuzz { seconds } => {
             setup::ensure(setup::Scope::Everything)?;

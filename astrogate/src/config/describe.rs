@@ -26,6 +26,7 @@ pub fn describe(config: &Config) -> String {
         let _ = writeln!(out, "    bind      {}", binds.join(", "));
         let _ = writeln!(out, "    sniff     {}", protocols.join(" -> "));
         let _ = writeln!(out, "    default   {default}");
+        let _ = writeln!(out, "    path      {}", l.data_path);
     }
     let _ = writeln!(
         out,

@@ -33,6 +33,7 @@ pub struct RawListener {
     pub bind: Spanned<Vec<Spanned<String>>>,
     pub protocols: Spanned<Vec<Spanned<String>>>,
     pub default: Option<Spanned<String>>,
+    pub data_path: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -202,3 +202,15 @@ fn error_display_has_file_line_key_reason() {
         "{shown}"
     );
 }
+
+#[test]
+fn listeners_inherit_or_override_the_data_path() {
+    let text = format!(
+        "[gateway]\ndata_path = \"userspace\"\n{MINIMAL}\n[[listener]]\nname = \"ssh\"\nbind = [\"127.0.0.1:2222\"]\nprotocols = [\"dial\"]\ndata_path = \"kernel\"\n"
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(config.listeners[0].data_path, DataPath::Userspace);
+    assert_eq!(config.listeners[1].data_path, DataPath::Kernel);
+    let bad = text.replace("data_path = \"kernel\"", "data_path = \"turbo\"");
+    assert_error(&bad, 13, "listener[1].data_path", "expected");
+}
