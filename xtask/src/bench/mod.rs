@@ -542,6 +542,9 @@ fn measure(topo: &Topology, shim: &Path, opts: &Options) -> Result<Vec<(Config, 
     Ok(rows)
 }
 
+/// A table row: its label and how to read it from a configuration's results.
+type Measure = (&'static str, fn(&Row) -> f64);
+
 fn render(topo: &Topology, rows: &[(Config, Row)], opts: &Options) -> String {
     let get = |c: Config| {
         rows.iter()
@@ -566,7 +569,7 @@ fn render(topo: &Topology, rows: &[(Config, Row)], opts: &Options) -> String {
         " kernel / direct | kernel / haproxy | userspace / direct | userspace / haproxy |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
-    let measures: [(&str, fn(&Row) -> f64); 8] = [
+    let measures: [Measure; 8] = [
         ("throughput up, Gbit/s", |r| r.up_gbps),
         ("throughput down, Gbit/s", |r| r.down_gbps),
         ("CPU s per GB (whole machine)", |r| r.cpu_s_per_gb),
