@@ -238,7 +238,7 @@ fn raise_fd_limit(wanted_idle: usize) -> Result<usize> {
             limit = raised;
         }
     }
-    let fits = (limit.rlim_cur.saturating_sub(1024) / 2) as usize;
+    let fits = (limit.rlim_cur.saturating_sub(2048) / 2) as usize;
     if fits < wanted_idle {
         step(&format!(
             "bench: the open-file limit ({}) fits {fits} idle connections, not {wanted_idle}",
@@ -326,7 +326,7 @@ to = "{server_ip}:9443"
     ] {
         let path = topo.dir.write(
             &format!("{name}.cfg"),
-            haproxy_config(&gw_ip, &server_ip, splice, offset, idle + 500),
+            haproxy_config(&gw_ip, &server_ip, splice, offset, idle + 50),
         )?;
         let path = path.to_string_lossy().into_owned();
         topo.spawn(name, true, "haproxy", &["-db", "-f", &path])?;
