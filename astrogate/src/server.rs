@@ -125,10 +125,16 @@ fn start_kernel(config: &Config) -> Result<Option<Arc<KernelPath>>, ServeError> 
 fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    // Binding a specific address that is not configured yet (the Yggdrasil node creates its
+    // 200::/7 address after it starts) is allowed, so the gateway does not depend on start
+    // order; connections arrive once the address exists.
     if addr.is_ipv6() {
         // `0.0.0.0:443` and `[::]:443` are both allowed in one listener, so the IPv6 socket
         // must not also claim IPv4.
         socket.set_only_v6(true)?;
+        socket.set_freebind_ipv6(true)?;
+    } else {
+        socket.set_freebind(true)?;
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
