@@ -168,3 +168,34 @@ fn kernel_refuses_without_bpf_and_auto_needs_none() {
     .unwrap_or_else(|e| panic!("{e}\n{}", gateway.output()));
     gateway.stop(std::time::Duration::from_secs(5));
 }
+
+/// A listener may name an address the host does not have yet (a Yggdrasil node adds its
+/// address after it starts): the gateway starts anyway and serves once the address appears.
+#[test]
+fn listeners_bind_addresses_that_appear_later() {
+    let mut lab = Lab::new("clifreebind");
+    lab.spawn(
+        "echo",
+        "socat",
+        &["TCP-LISTEN:9001,bind=127.0.0.1,reuseaddr,fork", "EXEC:cat"],
+        Some("127.0.0.1:9001".parse().unwrap()),
+    );
+    lab.gateway(
+        "[[listener]]\nname = \"later\"\nbind = [\"[fd00:77::1]:7070\", \"10.77.0.1:7070\"]\nprotocols = [\"dial\"]\n\n[[route]]\nhosts = [\"echo.test\"]\nto = \"127.0.0.1:9001\"\n",
+    );
+    lab.ns
+        .ip(&["addr", "add", "fd00:77::1/64", "dev", "lo", "nodad"])
+        .unwrap();
+    lab.ns
+        .ip(&["addr", "add", "10.77.0.1/24", "dev", "lo"])
+        .unwrap();
+    for via in ["[fd00:77::1]:7070", "10.77.0.1:7070"] {
+        let mut s = common::streams::dial(&lab.ns, via, "echo.test", 9001);
+        use std::io::{Read, Write};
+        s.write_all(b"ping").unwrap();
+        common::streams::finish(&s);
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).unwrap();
+        assert_eq!(back, b"ping", "via {via}");
+    }
+}

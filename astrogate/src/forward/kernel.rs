@@ -36,8 +36,9 @@ use crate::ebpf::{Kernel, LoadError, SpliceMaps};
 const MIN_ALLOWANCE: u64 = 64 * 1024;
 /// Pipe size for splicing a half-closed source's remaining bytes.
 const TAIL_PIPE: usize = 1 << 20;
-/// Most passed bytes forwarded per step.
+/// Passed bytes forwarded per read, and reads per step before other work gets a turn.
 const PASSED_CHUNK: usize = 256 * 1024;
+const PASSED_ROUNDS: usize = 64;
 /// How often a passing or draining direction re-checks its peer's progress.
 const POLL: Duration = Duration::from_millis(2);
 /// Sockets the maps hold at most (two per connection); mirrors `MAX_SOCKETS` in the programs.
@@ -437,22 +438,32 @@ impl KernelPath {
         }
         // While the source is in the verdict map its receive queue holds nothing the program
         // has not seen, so a read returns passed bytes, in order. Never more than are pending.
-        let mut buf = Vec::with_capacity((pending as usize).min(PASSED_CHUNK));
-        let n = match streams[i].try_read_buf(&mut buf) {
-            Ok(n) => n,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
-                return Ok(false)
+        // Keep going while bytes are there: the sender is held back by these very bytes.
+        let mut pending = pending;
+        for _ in 0..PASSED_ROUNDS {
+            // A Vec reads into its spare capacity, so the capacity is the read's limit.
+            let mut buf = Vec::with_capacity((pending as usize).min(PASSED_CHUNK));
+            let n = match streams[i].try_read_buf(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+                    break
+                }
+                Err(e) => return Err((i, DirectionEnd::ReadFailed(e))),
+            };
+            write_all(streams[1 - i], &buf[..n])
+                .await
+                .map_err(|e| (i, DirectionEnd::WriteFailed(e)))?;
+            let dir = &mut pair.dirs[i];
+            dir.consumed += n as u64;
+            dir.copied += n as u64;
+            dir.dst_user_written += n as u64;
+            pending = passed_pending(&self.registry(), &pair.dirs[i]);
+            if pending == 0 {
+                return Ok(true);
             }
-            Err(e) => return Err((i, DirectionEnd::ReadFailed(e))),
-        };
-        write_all(streams[1 - i], &buf[..n])
-            .await
-            .map_err(|e| (i, DirectionEnd::WriteFailed(e)))?;
-        let dir = &mut pair.dirs[i];
-        dir.consumed += n as u64;
-        dir.copied += n as u64;
-        dir.dst_user_written += n as u64;
-        Ok(n as u64 == pending)
+        }
+        Ok(false)
     }
 
     /// Periodic work for passing and draining directions.
