@@ -131,7 +131,7 @@ async fn serve(
     let kernel = snap
         .kernel
         .as_ref()
-        .filter(|_| listener.data_path.uses_kernel());
+        .filter(|_| listener.data_path.wants_kernel());
     let done = match forward_established(kernel, &snap.settings, client, &upstream, rec).await {
         Ok(done) => done,
         Err(e) => {

@@ -5,7 +5,7 @@ use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::{
-    config::{Config, ListenerConfig},
+    config::{Config, DataPath, ListenerConfig},
     conn::{self, Snapshot},
     forward::kernel::{KernelLimits, KernelPath, StartError},
 };
@@ -107,19 +107,25 @@ impl Server {
     }
 }
 
-/// Starts the kernel path when a listener forwards through it. Such a config refuses to start
-/// without it rather than quietly forwarding another way.
+/// Starts the kernel path when a listener may use it. A listener that requires it makes the
+/// gateway refuse to start without it; `auto` listeners fall back to copying, with one warning.
 fn start_kernel(config: &Config) -> Result<Option<Arc<KernelPath>>, ServeError> {
-    if !config.listeners.iter().any(|l| l.data_path.uses_kernel()) {
+    let listeners = || config.listeners.iter().map(|l| l.data_path);
+    if !listeners().any(DataPath::wants_kernel) {
         return Ok(None);
     }
     let limits = KernelLimits {
         max_backlog: config.gateway.kernel_max_backlog,
         max_backlog_total: config.gateway.kernel_max_backlog_total,
     };
-    KernelPath::start(limits)
-        .map(Some)
-        .map_err(ServeError::Kernel)
+    match KernelPath::start(limits) {
+        Ok(kernel) => Ok(Some(kernel)),
+        Err(e) if listeners().any(|p| p == DataPath::Kernel) => Err(ServeError::Kernel(e)),
+        Err(e) => {
+            tracing::warn!(error = %e, "kernel path unavailable; forwarding in user space");
+            Ok(None)
+        }
+    }
 }
 
 fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {

@@ -93,9 +93,9 @@ fn help_explains_the_commands() {
 }
 
 /// Without the privileges BPF needs, a listener on the kernel path refuses to start and names
-/// the reason, while `"auto"` needs no BPF at all and serves on the copying path.
+/// the reason, while `"auto"` warns once and serves on the copying path.
 #[test]
-fn kernel_refuses_without_bpf_and_auto_needs_none() {
+fn kernel_refuses_and_auto_falls_back_without_bpf() {
     use std::os::unix::fs::PermissionsExt;
     let lab = Lab::new("clinobpf");
     let config = |mode: &str| {
@@ -166,6 +166,13 @@ fn kernel_refuses_without_bpf_and_auto_needs_none() {
         },
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", gateway.output()));
+    let text = gateway.output();
+    assert_eq!(
+        text.matches("kernel path unavailable; forwarding in user space")
+            .count(),
+        1,
+        "{text}"
+    );
     gateway.stop(std::time::Duration::from_secs(5));
 }
 

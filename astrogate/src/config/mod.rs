@@ -45,10 +45,8 @@ pub const DEFAULT_KERNEL_MAX_BACKLOG_TOTAL: u64 = 256 << 20;
 /// Which forwarding path established connections take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataPath {
-    /// The path that measures fastest on this platform. On Linux 6.18 that is the copying
-    /// path for every connection: the sockmap path's redirects wait for a kernel worker and,
-    /// held to a memory bound, move bulk data at a fraction of the copy's rate (README, "Data
-    /// paths").
+    /// The kernel path when its programs load, otherwise user space with one warning. It
+    /// measures at least as fast as copying on every benchmark here (README, "Data paths").
     Auto,
     /// The eBPF sockmap path, or refuse to start.
     Kernel,
@@ -57,9 +55,9 @@ pub enum DataPath {
 }
 
 impl DataPath {
-    /// Whether connections on this setting are spliced in the kernel.
-    pub fn uses_kernel(self) -> bool {
-        self == DataPath::Kernel
+    /// Whether connections on this setting take the kernel path when it is loaded.
+    pub fn wants_kernel(self) -> bool {
+        self != DataPath::Userspace
     }
 }
 
