@@ -56,6 +56,8 @@ pub struct AccessRecord {
     pub upstream: Option<SocketAddr>,
     pub up_bytes: u64,
     pub down_bytes: u64,
+    /// Payload bytes, after the sniffed preamble, that passed through user-space buffers.
+    pub copied_bytes: u64,
     pub path: Option<PathKind>,
     pub outcome: Outcome,
     /// Error text for failures; fixed strings or OS errors, never client bytes.
@@ -74,6 +76,7 @@ impl AccessRecord {
             upstream: None,
             up_bytes: 0,
             down_bytes: 0,
+            copied_bytes: 0,
             path: None,
             outcome: Outcome::Error,
             detail: None,
@@ -92,6 +95,7 @@ impl AccessRecord {
             upstream = %self.upstream.map_or_else(|| none.to_string(), |a| a.to_string()),
             up_bytes = self.up_bytes,
             down_bytes = self.down_bytes,
+            copied_bytes = self.copied_bytes,
             duration_ms = self.started.elapsed().as_millis() as u64,
             path = %self.path.map_or_else(|| none.to_string(), |p| p.to_string()),
             outcome = %self.outcome.as_str(),

@@ -11,7 +11,7 @@ use crate::{
         self,
         kernel::{self, KernelPath, SpliceError},
         userspace::{reset_on_close, write_all},
-        Forwarded,
+        Forwarded, PathKind,
     },
     reply::{self, Refusal},
     route::{AcmeAction, RouteTable},
@@ -128,11 +128,8 @@ async fn serve(
     }
     rec.up_bytes = replay.len() as u64;
 
-    let kernel = snap
-        .kernel
-        .as_ref()
-        .filter(|_| listener.data_path.wants_kernel());
-    let done = match forward_established(kernel, &snap.settings, client, &upstream, rec).await {
+    let path = forward::choose(listener.data_path, rec.protocol, snap.kernel.is_some());
+    let done = match forward_established(path, snap, client, &upstream, rec).await {
         Ok(done) => done,
         Err(e) => {
             reset_on_close(client);
@@ -143,6 +140,7 @@ async fn serve(
     rec.path = Some(done.path);
     rec.up_bytes += done.up_bytes;
     rec.down_bytes = done.down_bytes;
+    rec.copied_bytes += done.copied_bytes;
     let outcome = done.outcome();
     if outcome != Outcome::Ok {
         rec.detail = Some(format!("up: {:?}, down: {:?}", done.up_end, done.down_end));
@@ -150,31 +148,39 @@ async fn serve(
     outcome
 }
 
-/// Forwards a routed connection on the path this gateway uses, falling back to user space for
-/// a connection the kernel path cannot take.
+/// Forwards a routed connection on the path chosen for it, falling back to copying for a
+/// connection the kernel path cannot take.
 async fn forward_established(
-    kernel: Option<&Arc<KernelPath>>,
-    settings: &GatewaySettings,
+    path: PathKind,
+    snap: &Snapshot,
     client: &TcpStream,
     upstream: &TcpStream,
     rec: &mut AccessRecord,
 ) -> Result<Forwarded, SpliceError> {
-    if let Some(kernel) = kernel {
-        let spliced = match kernel::drain_partial(client, upstream).await {
-            Ok(drained) => {
-                rec.up_bytes += drained;
-                kernel.splice(client, upstream).await
+    let settings = &snap.settings;
+    match (path, &snap.kernel) {
+        (PathKind::Kernel, Some(kernel)) => {
+            let spliced = match kernel::drain_partial(client, upstream).await {
+                Ok(drained) => {
+                    rec.up_bytes += drained;
+                    rec.copied_bytes += drained;
+                    kernel.splice(client, upstream).await
+                }
+                Err(e) => Err(e),
+            };
+            match spliced {
+                Err(SpliceError::Unavailable(why)) => {
+                    // Expected for a client that half-closed before the splice (the kernel
+                    // only takes established sockets); the access log shows the path taken.
+                    tracing::debug!(%why, "kernel path cannot take this connection");
+                }
+                result => return result,
             }
-            Err(e) => Err(e),
-        };
-        match spliced {
-            Err(SpliceError::Unavailable(why)) => {
-                // Expected for a client that half-closed before the splice (the kernel only
-                // takes established sockets); the access log shows the path taken.
-                tracing::debug!(%why, "kernel path cannot take this connection");
-            }
-            result => return result,
         }
+        (PathKind::Splice, _) => {
+            return Ok(forward::splice::forward(client, upstream, settings.pipe_size).await)
+        }
+        _ => {}
     }
     Ok(forward::userspace::forward(client, upstream, settings.buffer_size).await)
 }

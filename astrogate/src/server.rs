@@ -122,7 +122,7 @@ fn start_kernel(config: &Config) -> Result<Option<Arc<KernelPath>>, ServeError> 
         Ok(kernel) => Ok(Some(kernel)),
         Err(e) if listeners().any(|p| p == DataPath::Kernel) => Err(ServeError::Kernel(e)),
         Err(e) => {
-            tracing::warn!(error = %e, "kernel path unavailable; forwarding in user space");
+            tracing::warn!(error = %e, "kernel path unavailable; connections that would take it use splice(2) instead");
             Ok(None)
         }
     }

@@ -93,14 +93,15 @@ fn help_explains_the_commands() {
 }
 
 /// Without the privileges BPF needs, a listener on the kernel path refuses to start and names
-/// the reason, while `"auto"` warns once and serves on the copying path.
+/// the reason, while `"auto"` warns once and serves XMPP, which it would otherwise put on the
+/// kernel path, with splice(2).
 #[test]
 fn kernel_refuses_and_auto_falls_back_without_bpf() {
     use std::os::unix::fs::PermissionsExt;
     let lab = Lab::new("clinobpf");
     let config = |mode: &str| {
         format!(
-            "[gateway]\ndata_path = \"{mode}\"\n\n[[listener]]\nname = \"dial\"\nbind = [\"127.0.0.1:7070\"]\nprotocols = [\"dial\"]\n\n[[route]]\nhosts = [\"echo.test\"]\nto = \"127.0.0.1:9001\"\n"
+            "[gateway]\ndata_path = \"{mode}\"\n\n[[listener]]\nname = \"xmpp\"\nbind = [\"127.0.0.1:7070\"]\nprotocols = [\"xmpp\"]\n\n[[route]]\nhosts = [\"echo.test\"]\nto = \"127.0.0.1:9001\"\n"
         )
     };
     // An unprivileged user: no CAP_BPF, CAP_NET_ADMIN or CAP_SYS_ADMIN.
@@ -147,29 +148,36 @@ fn kernel_refuses_and_auto_falls_back_without_bpf() {
         let _ = std::io::copy(&mut r, &mut s);
         common::streams::finish(&s);
     });
-    let mut s = common::streams::dial(&lab.ns, "127.0.0.1:7070", "echo.test", 9001);
+    let header = b"<?xml version='1.0'?><stream:stream to='echo.test' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
+    let mut s = lab
+        .ns
+        .enter(|| std::net::TcpStream::connect("127.0.0.1:7070"))
+        .unwrap()
+        .unwrap();
     use std::io::{Read, Write};
-    s.write_all(b"hello").unwrap();
+    s.write_all(header).unwrap();
     common::streams::finish(&s);
     let mut back = Vec::new();
     s.read_to_end(&mut back).unwrap();
-    assert_eq!(back, b"hello");
+    assert_eq!(back, header);
     drop(echo);
     astrogate::lab::wait_for(
         "the access-log line",
         std::time::Duration::from_secs(10),
         || {
-            gateway
-                .output()
-                .contains("path=userspace outcome=ok")
+            let text = gateway.output();
+            text.lines()
+                .any(|l| l.contains("protocol=xmpp") && l.contains("path=splice outcome=ok"))
                 .then_some(())
         },
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", gateway.output()));
     let text = gateway.output();
     assert_eq!(
-        text.matches("kernel path unavailable; forwarding in user space")
-            .count(),
+        text.matches(
+            "kernel path unavailable; connections that would take it use splice(2) instead"
+        )
+        .count(),
         1,
         "{text}"
     );

@@ -187,6 +187,11 @@ fn a_stalled_upstream_holds_bounded_memory_on_the_kernel_path() {
 }
 
 #[test]
+fn a_stalled_upstream_holds_bounded_memory_on_the_splice_path() {
+    bounded("splice");
+}
+
+#[test]
 fn a_stalled_upstream_holds_bounded_memory_on_the_copy_path() {
     bounded("userspace");
 }

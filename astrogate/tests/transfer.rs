@@ -55,8 +55,9 @@ fn gateway_pid(lab: &Lab) -> u32 {
         .pid()
 }
 
-/// 1 GiB each way, hashed at both ends. strace watches every read and write the gateway makes:
-/// in kernel mode it must not have moved the payload at all. strace slows the gateway's
+/// 1 GiB each way, hashed at both ends. strace watches every read, write and splice the gateway
+/// makes: in kernel mode it must not have moved the payload at all, and in splice mode only by
+/// splice(2), never through its own memory. strace slows the gateway's
 /// reactions, so the backlog limit is set out of reach here: this test is about the path, the
 /// memory tests are about the limit.
 fn gigabyte_each_way(mode: &str) {
@@ -75,7 +76,7 @@ fn gigabyte_each_way(mode: &str) {
         finish(&s);
         tx.send((GIB, h)).unwrap();
     });
-    let watch = (mode == "kernel" && std::env::var_os("ASTROGATE_TEST_NO_STRACE").is_none())
+    let watch = (mode != "userspace" && std::env::var_os("ASTROGATE_TEST_NO_STRACE").is_none())
         .then(|| SyscallBytes::attach(gateway_pid(&lab), lab.dir.join("strace.log")));
 
     let mut up = dial(&lab.ns, GW, "sink.test", 9001);
@@ -92,23 +93,34 @@ fn gigabyte_each_way(mode: &str) {
     drop((up, down));
 
     if let Some(watch) = watch {
-        let (read, written) = watch.finish();
+        let (read, written, spliced) = watch.finish();
         assert!(
             read < 1 << 20 && written < 1 << 20,
             "user space moved payload: read {read}, wrote {written}"
         );
+        if mode == "kernel" {
+            assert!(spliced < 1 << 20, "user space spliced {spliced} bytes");
+        } else {
+            // Each byte crosses two splices: socket to pipe, pipe to socket.
+            assert!(spliced >= 4 * GIB, "only {spliced} bytes spliced");
+        }
+        let path = format!("path={mode}");
         lab.wait_access_log(&[
             "host=sink.test",
-            "path=kernel",
+            &path,
             &format!("up_bytes={GIB}"),
             "outcome=ok",
         ]);
         lab.wait_access_log(&[
             "host=source.test",
-            "path=kernel",
+            &path,
             &format!("down_bytes={GIB}"),
             "outcome=ok",
         ]);
+        if mode == "splice" {
+            // Its own account agrees: nothing went through its buffers.
+            lab.wait_access_log(&["host=sink.test", "copied_bytes=0 ", &path]);
+        }
     } else {
         lab.wait_access_log(&[
             "host=sink.test",
@@ -124,7 +136,7 @@ fn gigabyte_each_way(mode: &str) {
             rx.recv_timeout(Duration::from_secs(60)).unwrap().0,
             64 << 20
         );
-        let (read, written) = watch.finish();
+        let (read, written, _) = watch.finish();
         assert!(
             read >= 64 << 20 && written >= 64 << 20,
             "read {read}, wrote {written}"
@@ -338,10 +350,13 @@ fn churn(mode: &str, default_total: u32) -> Lab {
     lab
 }
 
-macro_rules! on_both_paths {
+macro_rules! on_every_path {
     ($($name:ident),*) => {
         mod kernel {
             $(#[test] fn $name() { super::$name("kernel"); })*
+        }
+        mod splice {
+            $(#[test] fn $name() { super::$name("splice"); })*
         }
         mod userspace {
             $(#[test] fn $name() { super::$name("userspace"); })*
@@ -349,7 +364,7 @@ macro_rules! on_both_paths {
     };
 }
 
-on_both_paths!(
+on_every_path!(
     gigabyte_each_way,
     pipelined_preamble,
     concurrent_mixed,
@@ -361,6 +376,11 @@ on_both_paths!(
 #[test]
 fn churn_on_the_copy_path() {
     churn("userspace", 10_000);
+}
+
+#[test]
+fn churn_on_the_splice_path() {
+    churn("splice", 10_000);
 }
 
 #[test]

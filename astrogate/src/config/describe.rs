@@ -11,8 +11,8 @@ pub fn describe(config: &Config) -> String {
     let _ = writeln!(out, "config {} is valid", config.source.display());
     let _ = writeln!(
         out,
-        "gateway: sniff_timeout={:?} max_sniff_bytes={} connect_timeout={:?} data_path={} buffer_size={}",
-        g.sniff_timeout, g.max_sniff_bytes, g.connect_timeout, g.data_path, g.buffer_size
+        "gateway: sniff_timeout={:?} max_sniff_bytes={} connect_timeout={:?} data_path={} buffer_size={} pipe_size={}",
+        g.sniff_timeout, g.max_sniff_bytes, g.connect_timeout, g.data_path, g.buffer_size, g.pipe_size
     );
     let _ = writeln!(out, "\nlisteners:");
     for l in &config.listeners {

@@ -36,6 +36,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default for `gateway.buffer_size`: per-direction buffer of the user-space path. 64 KiB
 /// measured twice the throughput of 8 KiB on this class of machine (platform-facts.md).
 pub const DEFAULT_BUFFER_SIZE: usize = 64 * 1024;
+/// Default for `gateway.pipe_size`: the splice path's pipe per direction. 1 MiB is the
+/// kernel's default `fs.pipe-max-size`; 64 KiB pipes measured a third slower.
+pub const DEFAULT_PIPE_SIZE: usize = 1 << 20;
 /// Default for `gateway.kernel_max_backlog`: bytes one direction of a spliced connection may
 /// hold in the kernel beyond what its destination socket has queued.
 pub const DEFAULT_KERNEL_MAX_BACKLOG: u64 = 4 << 20;
@@ -45,11 +48,16 @@ pub const DEFAULT_KERNEL_MAX_BACKLOG_TOTAL: u64 = 256 << 20;
 /// Which forwarding path established connections take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataPath {
-    /// The kernel path when its programs load, otherwise user space with one warning. It
-    /// measures at least as fast as copying on every benchmark here (README, "Data paths").
+    /// Chosen per connection by what it carries, from the measurements in the README ("Data
+    /// paths"): XMPP and dial streams, which are mostly small interactive messages, take the
+    /// kernel path for its lower round trip; everything else takes splice(2), which moves bulk
+    /// data fastest. Without the kernel path (no BPF), everything takes splice, after one
+    /// warning.
     Auto,
-    /// The eBPF sockmap path, or refuse to start.
+    /// The eBPF sockmap path for every connection, or refuse to start.
     Kernel,
+    /// splice(2) through a pipe: driven from user space, but the payload is never copied there.
+    Splice,
     /// Always copy in user space.
     Userspace,
 }
@@ -57,7 +65,7 @@ pub enum DataPath {
 impl DataPath {
     /// Whether connections on this setting take the kernel path when it is loaded.
     pub fn wants_kernel(self) -> bool {
-        self != DataPath::Userspace
+        matches!(self, DataPath::Auto | DataPath::Kernel)
     }
 }
 
@@ -66,6 +74,7 @@ impl fmt::Display for DataPath {
         f.write_str(match self {
             DataPath::Auto => "auto",
             DataPath::Kernel => "kernel",
+            DataPath::Splice => "splice",
             DataPath::Userspace => "userspace",
         })
     }
@@ -78,6 +87,7 @@ pub struct GatewaySettings {
     pub connect_timeout: Duration,
     pub data_path: DataPath,
     pub buffer_size: usize,
+    pub pipe_size: usize,
     pub kernel_max_backlog: u64,
     pub kernel_max_backlog_total: u64,
 }
@@ -90,6 +100,7 @@ impl Default for GatewaySettings {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             data_path: DataPath::Auto,
             buffer_size: DEFAULT_BUFFER_SIZE,
+            pipe_size: DEFAULT_PIPE_SIZE,
             kernel_max_backlog: DEFAULT_KERNEL_MAX_BACKLOG,
             kernel_max_backlog_total: DEFAULT_KERNEL_MAX_BACKLOG_TOTAL,
         }
@@ -252,6 +263,13 @@ fn validate_gateway(g: &raw::RawGateway, at: &Locator<'_>) -> Result<GatewaySett
                     .ok_or_else(|| at.at(v, key, format!("must be at least {min} bytes")))
             })
     };
+    if let Some(v) = &g.pipe_size {
+        let n = size(v, "gateway.pipe_size", 4096)?;
+        s.pipe_size = usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= 1 << 30)
+            .ok_or_else(|| at.at(v, "gateway.pipe_size", "must be at most 1GiB"))?;
+    }
     if let Some(v) = &g.kernel_max_backlog {
         s.kernel_max_backlog = size(v, "gateway.kernel_max_backlog", 64 << 10)?;
     }
@@ -285,8 +303,13 @@ fn parse_data_path(
     match v.get_ref().as_str() {
         "auto" => Ok(DataPath::Auto),
         "kernel" => Ok(DataPath::Kernel),
+        "splice" => Ok(DataPath::Splice),
         "userspace" => Ok(DataPath::Userspace),
-        _ => Err(at.at(v, key, "expected \"auto\", \"kernel\" or \"userspace\"")),
+        _ => Err(at.at(
+            v,
+            key,
+            "expected \"auto\", \"kernel\", \"splice\" or \"userspace\"",
+        )),
     }
 }
 

@@ -22,6 +22,7 @@ pub struct RawGateway {
     pub connect_timeout: Option<Spanned<String>>,
     pub data_path: Option<Spanned<String>>,
     pub buffer_size: Option<Spanned<i64>>,
+    pub pipe_size: Option<Spanned<super::size::RawSize>>,
     pub kernel_max_backlog: Option<Spanned<super::size::RawSize>>,
     pub kernel_max_backlog_total: Option<Spanned<super::size::RawSize>>,
 }

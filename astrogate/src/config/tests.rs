@@ -214,3 +214,15 @@ fn listeners_inherit_or_override_the_data_path() {
     let bad = text.replace("data_path = \"kernel\"", "data_path = \"turbo\"");
     assert_error(&bad, 13, "listener[1].data_path", "expected");
 }
+
+#[test]
+fn splice_is_a_data_path_with_its_own_pipe_size() {
+    let text = format!("[gateway]\ndata_path = \"splice\"\npipe_size = \"256KiB\"\n{MINIMAL}");
+    let config = parse(&text).unwrap();
+    assert_eq!(config.gateway.data_path, DataPath::Splice);
+    assert_eq!(config.gateway.pipe_size, 256 << 10);
+    let tiny = text.replace("\"256KiB\"", "100");
+    assert_error(&tiny, 3, "gateway.pipe_size", "at least 4096");
+    let huge = text.replace("\"256KiB\"", "\"2GiB\"");
+    assert_error(&huge, 3, "gateway.pipe_size", "at most 1GiB");
+}

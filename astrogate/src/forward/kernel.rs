@@ -166,6 +166,7 @@ impl KernelPath {
             path: PathKind::Kernel,
             up_bytes: up_redirected + pair.dirs[UP].copied + pair.dirs[UP].spliced,
             down_bytes: down_redirected + pair.dirs[DOWN].copied + pair.dirs[DOWN].spliced,
+            copied_bytes: pair.dirs[UP].copied + pair.dirs[DOWN].copied,
             up_end: ends.0,
             down_end: ends.1,
         };

@@ -9,7 +9,21 @@ pub mod userspace;
 
 use std::{fmt, io};
 
-use crate::access_log::Outcome;
+use crate::{access_log::Outcome, config::DataPath, sniff::Protocol};
+
+/// The path one connection takes: the listener's setting, with `auto` resolved by what the
+/// connection carries. XMPP is small interactive messages, where the kernel path's shorter
+/// round trip counts; everything else may be bulk, where splice(2) is fastest (README, "Data
+/// paths"). `kernel` without the programs loaded cannot start, so it never reaches here.
+pub fn choose(setting: DataPath, protocol: Option<Protocol>, kernel_loaded: bool) -> PathKind {
+    match setting {
+        DataPath::Kernel => PathKind::Kernel,
+        DataPath::Splice => PathKind::Splice,
+        DataPath::Userspace => PathKind::Userspace,
+        DataPath::Auto if kernel_loaded && protocol == Some(Protocol::Xmpp) => PathKind::Kernel,
+        DataPath::Auto => PathKind::Splice,
+    }
+}
 
 /// Which path forwarded a connection's payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +66,8 @@ pub struct Forwarded {
     pub up_bytes: u64,
     /// Bytes from the upstream to the client.
     pub down_bytes: u64,
+    /// Of those, the bytes user space copied through its own buffers.
+    pub copied_bytes: u64,
     pub up_end: DirectionEnd,
     pub down_end: DirectionEnd,
 }
@@ -65,5 +81,30 @@ impl Forwarded {
             (_, Reset) | (WriteFailed(_), _) => Outcome::UpstreamReset,
             _ => Outcome::Error,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_puts_xmpp_on_the_kernel_path_and_the_rest_on_splice() {
+        let auto = |p, loaded| choose(DataPath::Auto, p, loaded);
+        assert_eq!(auto(Some(Protocol::Xmpp), true), PathKind::Kernel);
+        assert_eq!(auto(Some(Protocol::Xmpp), false), PathKind::Splice);
+        for p in [
+            Protocol::Tls,
+            Protocol::Http,
+            Protocol::Acme,
+            Protocol::Dial,
+        ] {
+            assert_eq!(auto(Some(p), true), PathKind::Splice, "{p:?}");
+        }
+        assert_eq!(auto(None, true), PathKind::Splice);
+        let fixed = |s| choose(s, Some(Protocol::Tls), true);
+        assert_eq!(fixed(DataPath::Kernel), PathKind::Kernel);
+        assert_eq!(fixed(DataPath::Splice), PathKind::Splice);
+        assert_eq!(fixed(DataPath::Userspace), PathKind::Userspace);
     }
 }

@@ -40,6 +40,7 @@ pub async fn forward(client: &TcpStream, upstream: &TcpStream, pipe_size: usize)
         path: PathKind::Splice,
         up_bytes,
         down_bytes,
+        copied_bytes: 0,
         up_end,
         down_end,
     };

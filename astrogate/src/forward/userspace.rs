@@ -40,6 +40,7 @@ pub async fn forward(client: &TcpStream, upstream: &TcpStream, buffer_size: usiz
         path: PathKind::Userspace,
         up_bytes,
         down_bytes,
+        copied_bytes: up_bytes + down_bytes,
         up_end,
         down_end,
     };

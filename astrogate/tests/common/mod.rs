@@ -262,13 +262,14 @@ impl SyscallBytes {
         SyscallBytes { strace, log }
     }
 
-    /// Detaches and returns (bytes read, bytes written).
-    pub fn finish(mut self) -> (u64, u64) {
+    /// Detaches and returns (bytes read, bytes written, bytes spliced). Spliced bytes move
+    /// between kernel buffers at user space's request, never through its memory.
+    pub fn finish(mut self) -> (u64, u64, u64) {
         // SAFETY: SIGINT to our own strace child makes it detach cleanly.
         unsafe { libc::kill(self.strace.id() as i32, libc::SIGINT) };
         let _ = self.strace.wait();
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let (mut read, mut written) = (0u64, 0u64);
+        let (mut read, mut written, mut spliced) = (0u64, 0u64, 0u64);
         for line in text.lines() {
             let call = line.split_whitespace().nth(1).unwrap_or("");
             let Some(n) = line
@@ -282,13 +283,15 @@ impl SyscallBytes {
             if n <= 0 {
                 continue;
             }
-            if call.starts_with("read") || call.starts_with("recv") || call.starts_with("splice") {
+            if call.starts_with("splice") {
+                spliced += n as u64;
+            } else if call.starts_with("read") || call.starts_with("recv") {
                 read += n as u64;
             } else {
                 written += n as u64;
             }
         }
-        (read, written)
+        (read, written, spliced)
     }
 }
 
