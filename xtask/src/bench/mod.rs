@@ -30,24 +30,31 @@ pub struct Options {
 enum Config {
     Direct,
     Kernel,
+    Splice,
     Userspace,
     Haproxy,
     HaproxyNoSplice,
 }
 
 impl Config {
-    const ALL: [Config; 5] = [
+    const ALL: [Config; 6] = [
         Config::Direct,
         Config::Kernel,
+        Config::Splice,
         Config::Userspace,
         Config::Haproxy,
         Config::HaproxyNoSplice,
     ];
 
+    fn is_astrogate(self) -> bool {
+        matches!(self, Config::Kernel | Config::Splice | Config::Userspace)
+    }
+
     fn name(self) -> &'static str {
         match self {
             Config::Direct => "direct",
             Config::Kernel => "astrogate kernel",
+            Config::Splice => "astrogate splice",
             Config::Userspace => "astrogate userspace",
             Config::Haproxy => "haproxy splice",
             Config::HaproxyNoSplice => "haproxy no-splice",
@@ -60,6 +67,7 @@ fn ports(c: Config) -> (u16, u16, u16, u16) {
     match c {
         Config::Direct => (5201, 9000, 9443, 9500),
         Config::Kernel => (7070, 7070, 8443, 7070),
+        Config::Splice => (7078, 7078, 8447, 7078),
         Config::Userspace => (7071, 7071, 8444, 7071),
         Config::Haproxy => (7072, 7074, 8445, 7076),
         Config::HaproxyNoSplice => (7073, 7075, 8446, 7077),
@@ -165,8 +173,8 @@ impl Topology {
             self.gw_ip
         };
         let dial = match (c, which) {
-            (Config::Kernel | Config::Userspace, 1) => Some(("echo.bench".to_string(), 9000)),
-            (Config::Kernel | Config::Userspace, 3) => Some(("idle.bench".to_string(), 9500)),
+            (c, 1) if c.is_astrogate() => Some(("echo.bench".to_string(), 9000)),
+            (c, 3) if c.is_astrogate() => Some(("idle.bench".to_string(), 9500)),
             _ => None,
         };
         Dest {
@@ -277,6 +285,7 @@ fn start(topo: &mut Topology, gateway: &Path, idle: usize) -> Result<()> {
     topo.servers = Some(Servers::start(topo.server(), topo.server_ip)?);
     for (name, mode, dial, tls) in [
         ("astrogate-kernel", "kernel", 7070, 8443),
+        ("astrogate-splice", "splice", 7078, 8447),
         ("astrogate-userspace", "userspace", 7071, 8444),
     ] {
         let config = format!(
@@ -333,7 +342,9 @@ to = "{server_ip}:9443"
         topo.spawn(name, true, "haproxy", &["-db", "-f", &path])?;
     }
     let ns = topo.gw();
-    for port in [7070u16, 7071, 7072, 7073, 8443, 8444, 8445, 8446] {
+    for port in [
+        7070u16, 7071, 7072, 7073, 7078, 8443, 8444, 8445, 8446, 8447,
+    ] {
         let addr = SocketAddr::new(topo.gw_ip, port);
         wait_for(
             &format!("a benchmark gateway on {addr}"),
@@ -428,7 +439,7 @@ fn iperf(
 ) -> Result<(f64, f64, f64)> {
     let dest = topo.dest(c, 0);
     let mut cmd = topo.client.command("env");
-    if matches!(c, Config::Kernel | Config::Userspace) {
+    if c.is_astrogate() {
         cmd.arg(format!("LD_PRELOAD={}", shim.display()))
             .arg("ASTROGATE_DIAL_HOST=iperf.bench")
             .arg("ASTROGATE_DIAL_PORT=5201");
@@ -523,6 +534,7 @@ fn measure(topo: &Topology, shim: &Path, opts: &Options) -> Result<Vec<(Config, 
         let process = match c {
             Config::Direct => None,
             Config::Kernel => topo.pid_of("astrogate-kernel"),
+            Config::Splice => topo.pid_of("astrogate-splice"),
             Config::Userspace => topo.pid_of("astrogate-userspace"),
             Config::Haproxy => topo.pid_of("haproxy-splice"),
             Config::HaproxyNoSplice => topo.pid_of("haproxy-nosplice"),
@@ -565,11 +577,14 @@ fn render(topo: &Topology, rows: &[(Config, Row)], opts: &Options) -> String {
     for c in Config::ALL {
         let _ = write!(out, " {} |", c.name());
     }
-    let _ = writeln!(
-        out,
-        " kernel / direct | kernel / haproxy | userspace / direct | userspace / haproxy |"
-    );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    let ours = [Config::Kernel, Config::Splice, Config::Userspace];
+    for c in ours {
+        let path = c.name().trim_start_matches("astrogate ");
+        let _ = write!(out, " {path} / direct | {path} / haproxy |");
+    }
+    let _ = writeln!(out);
+    let columns = 1 + Config::ALL.len() + 2 * ours.len();
+    let _ = writeln!(out, "|{}", "---|".repeat(columns));
     let measures: [Measure; 8] = [
         ("throughput up, Gbit/s", |r| r.up_gbps),
         ("throughput down, Gbit/s", |r| r.down_gbps),
@@ -592,15 +607,16 @@ fn render(topo: &Topology, rows: &[(Config, Row)], opts: &Options) -> String {
         for c in Config::ALL {
             let _ = write!(out, " {:.2} |", f(&get(c)));
         }
-        let (k, u) = (f(&get(Config::Kernel)), f(&get(Config::Userspace)));
-        let _ = writeln!(
-            out,
-            " {} | {} | {} | {} |",
-            ratio(k, f(&direct)),
-            ratio(k, f(&haproxy)),
-            ratio(u, f(&direct)),
-            ratio(u, f(&haproxy))
-        );
+        for c in ours {
+            let v = f(&get(c));
+            let _ = write!(
+                out,
+                " {} | {} |",
+                ratio(v, f(&direct)),
+                ratio(v, f(&haproxy))
+            );
+        }
+        let _ = writeln!(out);
     }
     out
 }
