@@ -13,14 +13,13 @@ const NO_PREALLOC: u32 = 1;
 pub const MAX_SOCKETS: u32 = 262_144;
 
 /// The sockets whose input the verdict program sees, keyed by socket cookie. The verdict is
-/// attached to this map: taking a socket out pauses its input (the bytes wait in its receive
-/// queue under TCP flow control) without tearing down its psock.
+/// attached to this map. Sockets leave it only at the end of a connection: removing one while
+/// bytes arrive makes the kernel drop skbs of a batch it is already verdicting.
 #[map(name = "SOCKS")]
 pub static SOCKS: SockHash<SockCookie> = SockHash::with_max_entries(MAX_SOCKETS, 0);
 
-/// Every spliced socket, keyed by cookie: the redirect targets. No program is attached, so
-/// membership keeps a socket's psock (and the bytes queued for its egress) alive while it is
-/// out of `SOCKS`.
+/// Every spliced socket, keyed by cookie: the redirect targets. No program is attached; a
+/// socket joins it before `SOCKS`, so a redirect never names a socket that is not yet here.
 #[map(name = "TARGETS")]
 pub static TARGETS: SockHash<SockCookie> = SockHash::with_max_entries(MAX_SOCKETS, 0);
 
@@ -32,7 +31,7 @@ pub static PEERS: HashMap<SockCookie, PeerEntry> = HashMap::with_max_entries(MAX
 #[map(name = "STATS")]
 pub static STATS: HashMap<SockCookie, SockStats> = HashMap::with_max_entries(MAX_SOCKETS, NO_PREALLOC);
 
-/// Over-limit notices for user space, which pauses the source or raises its limit.
+/// Over-limit notices for user space, which raises the limit while the destination drains.
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 

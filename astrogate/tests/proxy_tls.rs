@@ -109,7 +109,7 @@ fn https_by_sni_reaches_the_routed_tls_server_byte_for_byte() {
             "the server's handshake and page came back"
         );
     }
-    let line = lab.wait_access_log(&["host=secure.example", "outcome=ok"]);
+    let line = lab.wait_access_log(&["host=secure.example", "path=splice outcome=ok"]);
     assert!(
         line.contains("protocol=tls") && line.contains("upstream=127.0.0.1:9001"),
         "{line}"

@@ -8,9 +8,12 @@
 //! - EOF is not redirected: user space sees the FIN, waits until the peer has queued every
 //!   redirected byte, and only then shuts the peer's write side;
 //! - redirected bytes wait in the peer's psock queue with no limit, so each direction has a
-//!   byte allowance. When the program reports it crossed, the owning task either raises the
-//!   allowance (the peer is draining) or takes the source out of the verdict map: its bytes
-//!   then wait in its own receive queue, where TCP flow control holds the client back.
+//!   byte allowance. When the program reports it crossed, the owning task raises the allowance
+//!   if the peer is draining; past a hard limit the program passes bytes to the source's own
+//!   queue, where TCP flow control holds the client back, and this task forwards them.
+//!
+//! A socket leaves the verdict map only when its connection is over: taken out while bytes
+//! arrive, the kernel drops (already acknowledged) skbs of a batch in flight on another CPU.
 use std::{
     collections::HashMap,
     io::{self, ErrorKind},
