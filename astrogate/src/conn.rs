@@ -129,7 +129,8 @@ async fn serve(
     rec.up_bytes = replay.len() as u64;
 
     let path = forward::choose(listener.data_path, rec.protocol, snap.kernel.is_some());
-    let done = match forward_established(path, snap, client, &upstream, rec).await {
+    let done = match forward_established(path, buf.len() as u64, snap, client, &upstream, rec).await
+    {
         Ok(done) => done,
         Err(e) => {
             reset_on_close(client);
@@ -149,9 +150,10 @@ async fn serve(
 }
 
 /// Forwards a routed connection on the path chosen for it, falling back to copying for a
-/// connection the kernel path cannot take.
+/// connection the kernel path cannot take. `sniffed` is how many bytes sniffing read.
 async fn forward_established(
     path: PathKind,
+    sniffed: u64,
     snap: &Snapshot,
     client: &TcpStream,
     upstream: &TcpStream,
@@ -164,7 +166,7 @@ async fn forward_established(
                 Ok(drained) => {
                     rec.up_bytes += drained;
                     rec.copied_bytes += drained;
-                    kernel.splice(client, upstream).await
+                    kernel.splice(client, upstream, sniffed + drained).await
                 }
                 Err(e) => Err(e),
             };

@@ -209,6 +209,50 @@ fn concurrent_mixed(mode: &str) {
     }
 }
 
+/// A last few bytes followed at once by FIN, over and over: TCP wakes the gateway for the FIN
+/// before the kernel path's verdict has seen those bytes, and passing the FIN on at that
+/// moment lost them (a TLS close_notify, in the XMPP test). Each side must get every byte.
+fn tail_then_fin(mode: &str) {
+    let lab = lab(&format!("tail-{mode}"), mode);
+    // Greets, counts what arrived, answers with the count and a tail of its own, closes.
+    let _counter = Server::start(&lab.ns, "127.0.0.1:9010", |mut s| {
+        s.write_all(b"hi").unwrap();
+        let (n, _) = hash_to_eof(&mut s).unwrap();
+        s.write_all(format!("got {n} and a tail").as_bytes())
+            .unwrap();
+        finish(&s);
+    });
+    let handle = lab.ns.handle().unwrap();
+    let name = lab.ns.name().to_string();
+    let workers: Vec<_> = (0..8)
+        .map(|t| {
+            let handle = handle.try_clone().unwrap();
+            let name = name.clone();
+            thread::spawn(move || {
+                astrogate::lab::enter(&handle, &name).unwrap();
+                for i in 0..100 {
+                    let mut s = TcpStream::connect(GW).unwrap();
+                    s.write_all(b"ASTROGATE-DIAL/1 count.test 9010\r\n")
+                        .unwrap();
+                    // The dial reply, then the greeting, which crossed the pair once it was
+                    // forwarding: these bytes and the FIN meet an established splice.
+                    let mut reply = [0u8; 34];
+                    s.read_exact(&mut reply).unwrap();
+                    assert!(reply.ends_with(b"hi"), "thread {t} connection {i}");
+                    s.write_all(&[0x17; 24]).unwrap();
+                    finish(&s);
+                    let mut back = Vec::new();
+                    s.read_to_end(&mut back).unwrap();
+                    assert_eq!(back, b"got 24 and a tail", "thread {t} connection {i}");
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+}
+
 /// Each side closes its write half first while the other keeps talking.
 fn half_close(mode: &str) {
     let lab = lab(&format!("half-{mode}"), mode);
@@ -369,6 +413,7 @@ on_every_path!(
     pipelined_preamble,
     concurrent_mixed,
     half_close,
+    tail_then_fin,
     slow_readers,
     upstream_reset
 );

@@ -29,7 +29,7 @@ use socket2::SockRef;
 use tokio::{io::unix::AsyncFd, net::TcpStream, sync::Notify};
 
 use super::{
-    sockopt::{cookie, kick, queued_total, unread},
+    sockopt::{cookie, kick, queued_total, received_total},
     userspace::{reset_on_close, write_all},
     DirectionEnd, Forwarded, PathKind,
 };
@@ -154,13 +154,15 @@ impl KernelPath {
     }
 
     /// Forwards `client` <-> `upstream` in the kernel until both directions end. Bytes the
-    /// caller already wrote (replayed preamble, dial reply) must be written before this call.
+    /// caller already wrote (replayed preamble, dial reply) must be written before this call;
+    /// `client_consumed` is how many bytes it read from the client (sniffed and drained).
     pub async fn splice(
         &self,
         client: &TcpStream,
         upstream: &TcpStream,
+        client_consumed: u64,
     ) -> Result<Forwarded, SpliceError> {
-        let mut pair = self.register(client, upstream)?;
+        let mut pair = self.register(client, upstream, client_consumed)?;
         let _ = kick(client.as_raw_fd());
         let _ = kick(upstream.as_raw_fd());
         let ends = self.watch(&mut pair, client, upstream).await;
@@ -185,7 +187,12 @@ impl KernelPath {
         self.limits.max_backlog.min(share.max(MIN_ALLOWANCE))
     }
 
-    fn register(&self, client: &TcpStream, upstream: &TcpStream) -> Result<Pair, SpliceError> {
+    fn register(
+        &self,
+        client: &TcpStream,
+        upstream: &TcpStream,
+        client_consumed: u64,
+    ) -> Result<Pair, SpliceError> {
         let unavailable = |what: &str, e: &dyn std::fmt::Display| {
             SpliceError::Unavailable(format!("{what}: {e}"))
         };
@@ -252,6 +259,7 @@ impl KernelPath {
             Dir::new((cc, cfd), (uc, ufd), u_base, up),
             Dir::new((uc, ufd), (cc, cfd), c_base, down),
         ];
+        dirs[UP].src_consumed = client_consumed;
         dirs[UP].state = client_state;
         for d in &mut dirs {
             d.limit = allowance;
@@ -486,8 +494,10 @@ impl KernelPath {
                 State::Draining => {
                     // TCP wakes readers for the FIN before it hands the last data to the
                     // verdict, so EOF can be seen while bytes still wait in the receive queue.
-                    // Nudge them through and wait until none is left.
-                    match unread(pair.dirs[i].src_fd) {
+                    // Nudge them through and wait until the verdict has seen every byte TCP
+                    // received. (SIOCINQ cannot tell: on a sockmap socket it may count only
+                    // the bytes the program passed.)
+                    match self.unverdicted(&pair.dirs[i]) {
                         Ok(0) => {}
                         Ok(_) => {
                             let _ = kick(pair.dirs[i].src_fd);
@@ -545,6 +555,20 @@ impl KernelPath {
             }
         }
         None
+    }
+
+    /// Bytes a source that sent FIN has received that neither user space read before the
+    /// splice nor the program has verdicted yet.
+    fn unverdicted(&self, dir: &Dir) -> io::Result<u64> {
+        let received = received_total(dir.src_fd)?;
+        let seen = self
+            .registry()
+            .maps
+            .stats
+            .get(&dir.src_cookie, 0)
+            .map_or(0, |s| s.redirected + s.passed);
+        // The count includes the FIN's sequence number, and only draining sources ask.
+        Ok(received.saturating_sub(1 + dir.src_consumed + seen))
     }
 
     /// Whether every byte of direction `dir` is in its destination's send queue.
@@ -722,6 +746,8 @@ struct Dir {
     dst_fd: RawFd,
     /// `queued_total(dst)` when the pair was registered.
     dst_base: u64,
+    /// Bytes user space read from `src` before the pair was registered.
+    src_consumed: u64,
     /// Bytes user space wrote to `dst` after registration.
     dst_user_written: u64,
     /// Payload bytes user space had to copy: zero unless backpressure hit the hard limit.
@@ -750,6 +776,7 @@ impl Dir {
             src_fd,
             dst_fd,
             dst_base,
+            src_consumed: 0,
             dst_user_written: 0,
             copied: 0,
             consumed: 0,
@@ -797,7 +824,11 @@ async fn read_side(src: Option<&TcpStream>) -> ReadOutcome {
     match src.peek(&mut probe).await {
         Ok(0) => ReadOutcome::Eof,
         Ok(_) => ReadOutcome::Passed,
-        Err(e) if e.kind() == ErrorKind::ConnectionReset => ReadOutcome::Reset,
+        // When its transmit fails hard (the peer reset it), the kernel's psock worker marks a
+        // socket with EPIPE, which can reach this read before, or instead of, ECONNRESET.
+        Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => {
+            ReadOutcome::Reset
+        }
         Err(e) => ReadOutcome::Failed(e),
     }
 }

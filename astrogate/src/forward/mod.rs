@@ -7,7 +7,9 @@ mod sockopt;
 pub mod splice;
 pub mod userspace;
 
-use std::{fmt, io};
+use std::{fmt, future::Future, io};
+
+use tokio::net::TcpStream;
 
 use crate::{access_log::Outcome, config::DataPath, sniff::Protocol};
 
@@ -82,6 +84,49 @@ impl Forwarded {
             _ => Outcome::Error,
         }
     }
+}
+
+/// Runs a connection's two direction pumps until both have ended, or one fails: a failure
+/// resets both sockets, so each peer sees what happened. `copies` says whether the pumps move
+/// the payload through user-space buffers.
+pub(crate) async fn run_pair(
+    path: PathKind,
+    copies: bool,
+    (client, upstream): (&TcpStream, &TcpStream),
+    up: impl Future<Output = (u64, DirectionEnd)>,
+    down: impl Future<Output = (u64, DirectionEnd)>,
+) -> Forwarded {
+    tokio::pin!(up, down);
+    let mut up_res = None;
+    let mut down_res = None;
+    while up_res.is_none() || down_res.is_none() {
+        tokio::select! {
+            r = &mut up, if up_res.is_none() => up_res = Some(r),
+            r = &mut down, if down_res.is_none() => down_res = Some(r),
+        }
+        let failed = |r: &Option<(u64, DirectionEnd)>| {
+            r.as_ref()
+                .is_some_and(|(_, end)| !matches!(end, DirectionEnd::Eof))
+        };
+        if failed(&up_res) || failed(&down_res) {
+            break;
+        }
+    }
+    let (up_bytes, up_end) = up_res.unwrap_or((0, DirectionEnd::Aborted));
+    let (down_bytes, down_end) = down_res.unwrap_or((0, DirectionEnd::Aborted));
+    let result = Forwarded {
+        path,
+        up_bytes,
+        down_bytes,
+        copied_bytes: if copies { up_bytes + down_bytes } else { 0 },
+        up_end,
+        down_end,
+    };
+    if result.outcome() != Outcome::Ok {
+        userspace::reset_on_close(client);
+        userspace::reset_on_close(upstream);
+    }
+    result
 }
 
 #[cfg(test)]

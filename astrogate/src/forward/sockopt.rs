@@ -44,11 +44,7 @@ pub fn kick(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Bytes ever queued for sending on a TCP socket, up to a constant offset: acknowledged bytes
-/// plus the send queue. Reading the acknowledged count first can only undercount (acks that
-/// land in between move bytes out of the queue), so callers waiting for a drain never stop
-/// early.
-pub fn queued_total(fd: RawFd) -> io::Result<u64> {
+fn tcp_info(fd: RawFd) -> io::Result<libc::tcp_info> {
     // SAFETY: tcp_info is plain data; the kernel fills at most `len` bytes of it.
     let mut info: libc::tcp_info = unsafe { mem::zeroed() };
     let mut len = mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -65,21 +61,25 @@ pub fn queued_total(fd: RawFd) -> io::Result<u64> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(info)
+}
+
+/// Bytes ever queued for sending on a TCP socket, up to a constant offset: acknowledged bytes
+/// plus the send queue. Reading the acknowledged count first can only undercount (acks that
+/// land in between move bytes out of the queue), so callers waiting for a drain never stop
+/// early.
+pub fn queued_total(fd: RawFd) -> io::Result<u64> {
+    let acked = tcp_info(fd)?.tcpi_bytes_acked;
     let mut outq: libc::c_int = 0;
     // SAFETY: SIOCOUTQ writes one c_int.
     if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut outq) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(info.tcpi_bytes_acked + u64::try_from(outq).unwrap_or(0))
+    Ok(acked + u64::try_from(outq).unwrap_or(0))
 }
 
-/// Bytes in a TCP socket's receive queue that nobody has consumed yet (SIOCINQ). On a spliced
-/// socket, zero means the verdict program has seen every byte that arrived.
-pub fn unread(fd: RawFd) -> io::Result<u32> {
-    let mut n: libc::c_int = 0;
-    // SAFETY: SIOCINQ writes one c_int.
-    if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(u32::try_from(n).unwrap_or(0))
+/// Sequence space a TCP socket has received in order since it was opened, whether or not
+/// anyone has consumed it yet: the payload bytes, plus one once the FIN has arrived.
+pub fn received_total(fd: RawFd) -> io::Result<u64> {
+    Ok(tcp_info(fd)?.tcpi_bytes_received)
 }

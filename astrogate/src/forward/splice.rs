@@ -10,45 +10,14 @@ use std::{
 use socket2::SockRef;
 use tokio::{io::Interest, net::TcpStream};
 
-use super::{userspace::reset_on_close, DirectionEnd, Forwarded, PathKind};
-use crate::access_log::Outcome;
+use super::{DirectionEnd, Forwarded, PathKind};
 
 /// Forwards until both directions have ended, with the same FIN and reset semantics as the
 /// copying path.
 pub async fn forward(client: &TcpStream, upstream: &TcpStream, pipe_size: usize) -> Forwarded {
     let up = pump(client, upstream, pipe_size);
     let down = pump(upstream, client, pipe_size);
-    tokio::pin!(up, down);
-    let mut up_res = None;
-    let mut down_res = None;
-    while up_res.is_none() || down_res.is_none() {
-        tokio::select! {
-            r = &mut up, if up_res.is_none() => up_res = Some(r),
-            r = &mut down, if down_res.is_none() => down_res = Some(r),
-        }
-        let failed = |r: &Option<(u64, DirectionEnd)>| {
-            r.as_ref()
-                .is_some_and(|(_, end)| !matches!(end, DirectionEnd::Eof))
-        };
-        if failed(&up_res) || failed(&down_res) {
-            break;
-        }
-    }
-    let (up_bytes, up_end) = up_res.unwrap_or((0, DirectionEnd::Aborted));
-    let (down_bytes, down_end) = down_res.unwrap_or((0, DirectionEnd::Aborted));
-    let result = Forwarded {
-        path: PathKind::Splice,
-        up_bytes,
-        down_bytes,
-        copied_bytes: 0,
-        up_end,
-        down_end,
-    };
-    if result.outcome() != Outcome::Ok {
-        reset_on_close(client);
-        reset_on_close(upstream);
-    }
-    result
+    super::run_pair(PathKind::Splice, false, (client, upstream), up, down).await
 }
 
 struct Pipe {

@@ -11,44 +11,13 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 
 use super::{DirectionEnd, Forwarded, PathKind};
-use crate::access_log::Outcome;
 
 /// Forwards until both directions have ended. A FIN is passed on as a FIN (half-close); a reset
 /// or failure on either side resets both, so the peer sees what happened.
 pub async fn forward(client: &TcpStream, upstream: &TcpStream, buffer_size: usize) -> Forwarded {
     let up = pump(client, upstream, buffer_size);
     let down = pump(upstream, client, buffer_size);
-    tokio::pin!(up, down);
-    let mut up_res = None;
-    let mut down_res = None;
-    while up_res.is_none() || down_res.is_none() {
-        tokio::select! {
-            r = &mut up, if up_res.is_none() => up_res = Some(r),
-            r = &mut down, if down_res.is_none() => down_res = Some(r),
-        }
-        let failed = |r: &Option<(u64, DirectionEnd)>| {
-            r.as_ref()
-                .is_some_and(|(_, end)| !matches!(end, DirectionEnd::Eof))
-        };
-        if failed(&up_res) || failed(&down_res) {
-            break;
-        }
-    }
-    let (up_bytes, up_end) = up_res.unwrap_or((0, DirectionEnd::Aborted));
-    let (down_bytes, down_end) = down_res.unwrap_or((0, DirectionEnd::Aborted));
-    let result = Forwarded {
-        path: PathKind::Userspace,
-        up_bytes,
-        down_bytes,
-        copied_bytes: up_bytes + down_bytes,
-        up_end,
-        down_end,
-    };
-    if result.outcome() != Outcome::Ok {
-        reset_on_close(client);
-        reset_on_close(upstream);
-    }
-    result
+    super::run_pair(PathKind::Userspace, true, (client, upstream), up, down).await
 }
 
 /// Makes the coming close send RST instead of FIN, so a reset propagates to the other peer.

@@ -140,29 +140,27 @@ fn relay(client: TcpStream, target: SocketAddr, records: &Mutex<Vec<TapRecord>>)
     }
 }
 
-/// Copies until EOF, passes the EOF on, and returns what went through.
+/// Copies until EOF, passes the EOF on, and returns everything `from` delivered. A tap stands
+/// for the wire, so it records what arrives even after its other side has gone: a write that
+/// fails stops the copying, not the recording, and a reset on `from` is passed on as a FIN,
+/// which leaves the opposite copy free to record the rest of its own direction.
 fn copy(mut from: TcpStream, mut to: TcpStream) -> Vec<u8> {
     let mut seen = Vec::new();
     let mut buf = [0u8; 16384];
+    let mut writing = true;
     loop {
         match from.read(&mut buf) {
-            Ok(0) => {
-                let _ = to.shutdown(Shutdown::Write);
-                break;
-            }
+            Ok(0) => break,
             Ok(n) => {
                 seen.extend_from_slice(&buf[..n]);
-                if to.write_all(&buf[..n]).is_err() {
-                    let _ = from.shutdown(Shutdown::Both);
-                    break;
+                if writing && to.write_all(&buf[..n]).is_err() {
+                    writing = false;
                 }
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => {
-                let _ = to.shutdown(Shutdown::Both);
-                break;
-            }
+            Err(_) => break,
         }
     }
+    let _ = to.shutdown(Shutdown::Write);
     seen
 }
