@@ -40,25 +40,6 @@ fn pipe(size: usize) -> io::Result<Pipe> {
     Ok(Pipe { read, write })
 }
 
-/// Bytes waiting on a socket, without taking them: 0 means EOF.
-fn peek(fd: RawFd) -> io::Result<usize> {
-    let mut byte = 0u8;
-    // SAFETY: recv writes at most one byte into `byte`.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            (&mut byte as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
 fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     // SAFETY: splice between fds we hold; null offsets mean "current position".
     let n = unsafe {
@@ -95,17 +76,12 @@ pub(super) async fn pump(
             None => {
                 // Readiness may be left over from sniffing; an idle connection must not cost
                 // a pipe (two descriptors), so look for a byte or EOF first.
-                match src.try_io(Interest::READABLE, || peek(src.as_raw_fd())) {
+                match src.peek(&mut [0u8; 1]).await {
                     Ok(0) => {
                         let _ = SockRef::from(dst).shutdown(Shutdown::Write);
                         return (total, DirectionEnd::Eof);
                     }
                     Ok(_) => {}
-                    Err(e)
-                        if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) =>
-                    {
-                        continue
-                    }
                     Err(e) if e.kind() == ErrorKind::ConnectionReset => {
                         return (total, DirectionEnd::Reset)
                     }
