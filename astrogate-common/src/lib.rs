@@ -31,8 +31,10 @@ pub struct PeerEntry {
     pub consumed: u64,
     /// Bit set of `PEER_FLAG_*`.
     pub flags: u32,
-    /// Explicit padding so the layout has no hidden bytes.
-    pub _reserved: u32,
+    /// With `PEER_FLAG_START_SEQ`: the TCP sequence number of the first byte user space has
+    /// not read from this socket. Bytes before it were read (sniffed) already and must never
+    /// be forwarded again, even when a retransmission brings them back.
+    pub start_seq: u32,
 }
 const _: () = assert!(core::mem::size_of::<PeerEntry>() == 40);
 
@@ -40,6 +42,10 @@ const _: () = assert!(core::mem::size_of::<PeerEntry>() == 40);
 /// passes data to the socket's own receive queue, where user space can still read it: a
 /// redirect to a key that is not yet present would drop it silently.
 pub const PEER_FLAG_ENABLED: u32 = 1;
+
+/// `PeerEntry::start_seq` is set. Without it the program takes the first segment it sees
+/// as the start, which is exact only for a socket user space has never read from.
+pub const PEER_FLAG_START_SEQ: u32 = 2;
 
 /// Value of the `STATS` map, written only by the verdict program (user space creates each
 /// entry zeroed before the socket can be verdicted, then only reads it). Keeping writers apart
@@ -55,8 +61,18 @@ pub struct SockStats {
     /// The `PeerEntry::limit` for which an over-limit event was last sent, so each limit is
     /// reported once.
     pub notified_limit: u64,
+    /// Bytes cut from the head of segments that repeated bytes already seen (partial
+    /// retransmissions, which TCP queues whole).
+    pub trimmed: u64,
+    /// Segments whose repeated head could not be cut. Any is a fault: the bytes were dropped
+    /// and the connection must be reset.
+    pub faults: u64,
+    /// TCP sequence number of the next byte the program has not seen.
+    pub next_seq: u32,
+    /// 1 once `next_seq` is set.
+    pub seq_known: u32,
 }
-const _: () = assert!(core::mem::size_of::<SockStats>() == 24);
+const _: () = assert!(core::mem::size_of::<SockStats>() == 48);
 
 /// Ring-buffer record: a socket's redirected bytes crossed its limit.
 #[repr(C)]
@@ -86,9 +102,15 @@ pub enum Counter {
     EventsLost = 5,
     /// bare FINs (empty skbs) the verdict dropped; TCP has already recorded them.
     FinDropped = 6,
+    /// skbs that began with bytes already seen (partial retransmissions), trimmed.
+    Overlaps = 7,
+    /// bytes trimmed from the head of those skbs.
+    OverlapBytes = 8,
+    /// skbs that began after the next unseen byte: a hole the program cannot fill.
+    Gaps = 9,
 }
 /// Number of `Counter` variants; size of the counter array map.
-pub const COUNTER_COUNT: u32 = 7;
+pub const COUNTER_COUNT: u32 = 10;
 
 #[cfg(feature = "user")]
 mod user {

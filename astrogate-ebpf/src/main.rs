@@ -2,7 +2,9 @@
 #![no_std]
 #![no_main]
 
+mod counters;
 mod maps;
+mod seen;
 mod stream_verdict;
 
 #[cfg(not(test))]

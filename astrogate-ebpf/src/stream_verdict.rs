@@ -9,7 +9,11 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 
-use crate::maps::{COUNTERS, EVENTS, PEERS, STATS, TARGETS};
+use crate::{
+    counters::count,
+    maps::{EVENTS, PEERS, STATS, TARGETS},
+    seen::{cut_seen, Unseen},
+};
 
 #[stream_verdict]
 pub fn astrogate_verdict(ctx: SkBuffContext) -> u32 {
@@ -41,6 +45,13 @@ fn try_verdict(ctx: &SkBuffContext) -> u32 {
     // SAFETY: only this program writes STATS, and one socket's verdicts run one at a time
     // (under the socket's lock), so these plain read-modify-writes do not race.
     let stats = unsafe { &mut *stats };
+    let len = match cut_seen(ctx, stats, &entry, len) {
+        Unseen::Bytes(len) => len,
+        // Dropping an empty skb moves nothing: tcp_eat_skb ignores it, and TCP already
+        // counted these bytes once.
+        Unseen::Nothing => return SK_DROP,
+        Unseen::Fault => return SK_DROP,
+    };
     if entry.flags & PEER_FLAG_ENABLED == 0 {
         stats.passed += len;
         count(Counter::Passed, 1);
@@ -77,13 +88,5 @@ fn notify(cookie: u64, stats: &mut SockStats, entry: &PeerEntry, redirected: u64
         if EVENTS.output::<OverLimit>(&notice, 0).is_err() {
             count(Counter::EventsLost, 1);
         }
-    }
-}
-
-#[inline(always)]
-fn count(counter: Counter, n: u64) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
-        // SAFETY: per-CPU slot; nothing else on this CPU runs while the program does.
-        unsafe { *slot += n };
     }
 }

@@ -1,5 +1,5 @@
 //! Binding the listeners and accepting connections.
-use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, io, net::SocketAddr, os::fd::AsRawFd, sync::Arc, time::Duration};
 
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
@@ -7,7 +7,10 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::{
     config::{Config, DataPath, ListenerConfig},
     conn::{self, Snapshot},
-    forward::kernel::{KernelLimits, KernelPath, StartError},
+    forward::{
+        kernel::{KernelLimits, KernelPath, StartError},
+        sockopt::save_syn,
+    },
 };
 
 /// Listen backlog: generous so bursts of new connections queue rather than fail.
@@ -47,7 +50,7 @@ impl Server {
                 .bind
                 .iter()
                 .map(|&addr| {
-                    bind_one(addr).map_err(|source| ServeError::Bind {
+                    bind_one(addr, l.data_path.wants_kernel()).map_err(|source| ServeError::Bind {
                         listener: l.name.clone(),
                         addr,
                         source,
@@ -128,7 +131,9 @@ fn start_kernel(config: &Config) -> Result<Option<Arc<KernelPath>>, ServeError> 
     }
 }
 
-fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
+/// Binds one listening socket. `kernel_path` listeners save each connection's SYN: the kernel
+/// path needs the client's initial sequence number (see `forward::kernel`).
+fn bind_one(addr: SocketAddr, kernel_path: bool) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     // Binding a specific address that is not configured yet (the Yggdrasil node creates its
@@ -141,6 +146,9 @@ fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
         socket.set_freebind_ipv6(true)?;
     } else {
         socket.set_freebind(true)?;
+    }
+    if kernel_path {
+        save_syn(socket.as_raw_fd())?;
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;

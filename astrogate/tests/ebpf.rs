@@ -60,7 +60,7 @@ fn the_embedded_programs_load_and_splice_both_directions() {
         hard_limit: u64::MAX,
         consumed: 0,
         flags: PEER_FLAG_ENABLED,
-        _reserved: 0,
+        start_seq: 0,
     };
     maps.peers.insert(c1, entry(c2), 0).unwrap();
     maps.peers.insert(c2, entry(c1), 0).unwrap();
@@ -97,7 +97,7 @@ fn a_pair_that_is_not_enabled_passes_bytes_to_user_space() {
         hard_limit: u64::MAX,
         consumed: 0,
         flags: 0,
-        _reserved: 0,
+        start_seq: 0,
     };
     maps.peers.insert(c1, disabled, 0).unwrap();
     maps.socks.insert(c1, g1.as_raw_fd(), 0).unwrap();

@@ -23,13 +23,15 @@ use std::{
     time::Duration,
 };
 
-use astrogate_common::{OverLimit, PeerEntry, SockCookie, SockStats, PEER_FLAG_ENABLED};
+use astrogate_common::{
+    OverLimit, PeerEntry, SockCookie, SockStats, PEER_FLAG_ENABLED, PEER_FLAG_START_SEQ,
+};
 use aya::maps::{MapData, RingBuf};
 use socket2::SockRef;
 use tokio::{io::unix::AsyncFd, net::TcpStream, sync::Notify};
 
 use super::{
-    sockopt::{cookie, kick, queued_total, received_total},
+    sockopt::{cookie, first_data_seq, kick, queued_total, received_total},
     userspace::{reset_on_close, write_all},
     DirectionEnd, Forwarded, PathKind,
 };
@@ -165,8 +167,15 @@ impl KernelPath {
         let mut pair = self.register(client, upstream, client_consumed)?;
         let _ = kick(client.as_raw_fd());
         let _ = kick(upstream.as_raw_fd());
-        let ends = self.watch(&mut pair, client, upstream).await;
-        let (up_redirected, down_redirected) = self.unregister(&pair);
+        let mut ends = self.watch(&mut pair, client, upstream).await;
+        let ((up_redirected, down_redirected), faults) = self.unregister(&pair);
+        if faults > 0 {
+            // Bytes were dropped in the kernel; a clean end would hand the peers a stream
+            // with a hole in it.
+            ends.0 = DirectionEnd::ReadFailed(io::Error::other(format!(
+                "the kernel path dropped {faults} segment(s) it could not trim"
+            )));
+        }
         let forwarded = Forwarded {
             path: PathKind::Kernel,
             up_bytes: up_redirected + pair.dirs[UP].copied + pair.dirs[UP].spliced,
@@ -199,6 +208,12 @@ impl KernelPath {
         let (cfd, ufd) = (client.as_raw_fd(), upstream.as_raw_fd());
         let cc = cookie(cfd).map_err(|e| unavailable("SO_COOKIE", &e))?;
         let uc = cookie(ufd).map_err(|e| unavailable("SO_COOKIE", &e))?;
+        // User space read the client's first bytes while sniffing, so the program must be told
+        // where they end: a retransmission may bring them back. The upstream has never been
+        // read, so its first segment is where it starts.
+        let client_start = first_data_seq(cfd)
+            .map_err(|e| unavailable("the client's saved SYN", &e))?
+            .wrapping_add(client_consumed as u32);
         // The baselines must be read before either socket can redirect into the other.
         let c_base = queued_total(cfd).map_err(|e| unavailable("TCP_INFO", &e))?;
         let u_base = queued_total(ufd).map_err(|e| unavailable("TCP_INFO", &e))?;
@@ -214,19 +229,23 @@ impl KernelPath {
         for stream in [client, upstream] {
             let _ = SockRef::from(stream).set_recv_buffer_size((allowance / 2) as usize);
         }
-        let entry = |peer| PeerEntry {
-            peer,
-            limit: allowance,
-            hard_limit: 2 * allowance,
-            consumed: 0,
-            flags: PEER_FLAG_ENABLED,
-            _reserved: 0,
-        };
+        let up = Arc::new(DirSignal::default());
+        let down = Arc::new(DirSignal::default());
+        let mut dirs = [
+            Dir::new((cc, cfd), (uc, ufd), u_base, up.clone()),
+            Dir::new((uc, ufd), (cc, cfd), c_base, down.clone()),
+        ];
+        dirs[UP].src_consumed = client_consumed;
+        dirs[UP].start_seq = Some(client_start);
+        for d in &mut dirs {
+            d.limit = allowance;
+            d.hard_limit = 2 * allowance;
+        }
         let staged = (|| {
             reg.maps.stats.insert(cc, SockStats::default(), 0)?;
             reg.maps.stats.insert(uc, SockStats::default(), 0)?;
-            reg.maps.peers.insert(cc, entry(uc), 0)?;
-            reg.maps.peers.insert(uc, entry(cc), 0)?;
+            reg.maps.peers.insert(cc, dirs[UP].entry(), 0)?;
+            reg.maps.peers.insert(uc, dirs[DOWN].entry(), 0)?;
             reg.maps.targets.insert(cc, cfd, 0)?;
             reg.maps.targets.insert(uc, ufd, 0)?;
             // Upstream first: once the client joins, its bytes are redirected to an upstream
@@ -240,7 +259,6 @@ impl KernelPath {
         // The client may send FIN at any moment, and the kernel admits only established
         // sockets. If that happened just now, the upstream is already spliced, so the
         // client's last bytes are spliced over (Tail) instead of falling back.
-        let mut client_state = State::Active;
         if let Err(e) = reg.maps.socks.insert(cc, cfd, 0) {
             if !is_half_closed(&e) {
                 remove_all(&mut reg.maps, &[cc, uc]);
@@ -249,36 +267,27 @@ impl KernelPath {
                     describe(&e)
                 )));
             }
-            client_state = State::Tail;
+            dirs[UP].state = State::Tail;
         }
-        let up = Arc::new(DirSignal::default());
-        let down = Arc::new(DirSignal::default());
-        reg.signals.insert(cc, up.clone());
-        reg.signals.insert(uc, down.clone());
-        let mut dirs = [
-            Dir::new((cc, cfd), (uc, ufd), u_base, up),
-            Dir::new((uc, ufd), (cc, cfd), c_base, down),
-        ];
-        dirs[UP].src_consumed = client_consumed;
-        dirs[UP].state = client_state;
-        for d in &mut dirs {
-            d.limit = allowance;
-            d.hard_limit = 2 * allowance;
-        }
+        reg.signals.insert(cc, up);
+        reg.signals.insert(uc, down);
         Ok(Pair { dirs })
     }
 
-    /// Removes the pair from every map and returns the bytes each direction redirected.
-    fn unregister(&self, pair: &Pair) -> (u64, u64) {
+    /// Removes the pair from every map. Returns the bytes each direction redirected, and the
+    /// segments the program had to drop because it could not trim them (any is a fault).
+    fn unregister(&self, pair: &Pair) -> ((u64, u64), u64) {
         let mut reg = self.registry();
         let cookies = [pair.dirs[UP].src_cookie, pair.dirs[DOWN].src_cookie];
-        let redirected = |reg: &Registry, c| reg.maps.stats.get(&c, 0).map_or(0, |s| s.redirected);
-        let counts = (redirected(&reg, cookies[0]), redirected(&reg, cookies[1]));
+        let stats = cookies.map(|c| reg.maps.stats.get(&c, 0).unwrap_or_default());
         remove_all(&mut reg.maps, &cookies);
         for c in cookies {
             reg.signals.remove(&c);
         }
-        counts
+        (
+            (stats[UP].redirected, stats[DOWN].redirected),
+            stats[UP].faults + stats[DOWN].faults,
+        )
     }
 
     /// Runs the pair until both directions have ended.
@@ -644,15 +653,7 @@ fn raise_limit(
 
 /// Writes direction `dir`'s limits and consumed count for the program.
 fn publish(reg: &mut Registry, dir: &Dir) -> Result<(), aya::maps::MapError> {
-    let entry = PeerEntry {
-        peer: dir.dst_cookie,
-        limit: dir.limit,
-        hard_limit: dir.hard_limit,
-        consumed: dir.consumed,
-        flags: PEER_FLAG_ENABLED,
-        _reserved: 0,
-    };
-    reg.maps.peers.insert(dir.src_cookie, entry, 0)
+    reg.maps.peers.insert(dir.src_cookie, dir.entry(), 0)
 }
 
 /// The kernel refuses sockets that are no longer ESTABLISHED (the peer sent FIN) with
@@ -759,6 +760,8 @@ struct Dir {
     hard_limit: u64,
     /// Bytes moved by splice(2) after a half-close while paused.
     spliced: u64,
+    /// Sequence number of the first byte of `src` user space did not read, when known.
+    start_seq: Option<u32>,
     state: State,
     signal: Arc<DirSignal>,
 }
@@ -783,8 +786,25 @@ impl Dir {
             limit: 0,
             hard_limit: 0,
             spliced: 0,
+            start_seq: None,
             state: State::Active,
             signal,
+        }
+    }
+
+    /// What the program needs to know about this direction.
+    fn entry(&self) -> PeerEntry {
+        let (flags, start_seq) = match self.start_seq {
+            Some(seq) => (PEER_FLAG_ENABLED | PEER_FLAG_START_SEQ, seq),
+            None => (PEER_FLAG_ENABLED, 0),
+        };
+        PeerEntry {
+            peer: self.dst_cookie,
+            limit: self.limit,
+            hard_limit: self.hard_limit,
+            consumed: self.consumed,
+            flags,
+            start_seq,
         }
     }
 

@@ -3,7 +3,7 @@
 //! The path is chosen per connection. User space copying is always available and is the
 //! fallback; the kernel path (eBPF sockmap) is added beside it.
 pub mod kernel;
-mod sockopt;
+pub(crate) mod sockopt;
 pub mod splice;
 pub mod userspace;
 

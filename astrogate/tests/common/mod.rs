@@ -2,6 +2,7 @@
 //! servers and real clients on its loopback. Guards clean up in reverse order even on panic.
 #![allow(dead_code)]
 
+pub mod rawtcp;
 pub mod streams;
 
 use std::{
