@@ -46,6 +46,8 @@ const PASSED_CHUNK: usize = 256 * 1024;
 const PASSED_ROUNDS: usize = 64;
 /// How often a passing or draining direction re-checks its peer's progress.
 const POLL: Duration = Duration::from_millis(2);
+/// How often a pair with a source nobody peeks checks both sockets for a reset.
+const HEALTH: Duration = Duration::from_millis(50);
 /// Sockets the maps hold at most (two per connection); mirrors `MAX_SOCKETS` in the programs.
 const MAX_SOCKETS: usize = 262_144;
 
@@ -306,9 +308,14 @@ impl KernelPath {
                 .dirs
                 .iter()
                 .any(|d| matches!(d.state, State::Passing | State::Draining | State::Tail));
+            // A source that is not being peeked (paused, draining or done) would never report
+            // a reset by itself; while one is not, both sockets are checked on a timer.
+            let unwatched = pair.dirs.iter().any(|d| !d.wants_reads());
             let tick = async {
                 if polling {
                     tokio::time::sleep(POLL).await
+                } else if unwatched {
+                    tokio::time::sleep(HEALTH).await
                 } else {
                     std::future::pending().await
                 }
@@ -327,7 +334,10 @@ impl KernelPath {
             let mut fatal = match event {
                 Event::Read(i, r) => self.on_read(pair, i, r, streams).await,
                 Event::OverLimit(i) => self.on_over_limit(pair, i),
-                Event::Tick => self.on_tick(pair, streams).await,
+                Event::Tick => match reset_source(streams) {
+                    Some(fatal) => Some(fatal),
+                    None => self.on_tick(pair, streams).await,
+                },
             };
             if fatal.is_none() {
                 fatal = self.splice_tails(pair, streams).await;
@@ -622,6 +632,38 @@ pub async fn drain_partial(client: &TcpStream, upstream: &TcpStream) -> Result<u
     ))
 }
 
+/// The direction whose source failed, if either did. A peek reports errors on an active
+/// source; this catches them on the others. Without it, an upstream that reset after it had
+/// half-closed left a client writing into a pair that no longer forwarded anything (the soak
+/// found it: the client's write blocked for its whole 60 s timeout). The socket's pending
+/// error is the signal (a RST leaves ECONNRESET, a failed psock transmit EPIPE), not its
+/// state: a socket also reaches TCP_CLOSE cleanly, when it had sent its FIN and the peer's
+/// arrives (it becomes a timewait socket), while bytes may still wait to be forwarded.
+fn reset_source(streams: [&TcpStream; 2]) -> Option<(usize, DirectionEnd)> {
+    [UP, DOWN]
+        .into_iter()
+        .find_map(|i| match SockRef::from(streams[i]).take_error() {
+            Ok(None) => None,
+            Ok(Some(e)) | Err(e) => Some((i, reset_or_failure(e))),
+        })
+}
+
+/// How a source error ends its direction: a reset is passed on as a reset, anything else
+/// is a failure.
+fn reset_or_failure(e: io::Error) -> DirectionEnd {
+    if is_reset_error(&e) {
+        DirectionEnd::Reset
+    } else {
+        DirectionEnd::ReadFailed(e)
+    }
+}
+
+/// A reset, or the EPIPE the psock worker leaves on a socket whose transmit failed because its
+/// peer reset it.
+fn is_reset_error(e: &io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe)
+}
+
 /// Bytes direction `dir` has redirected that its destination has not yet queued for sending.
 fn backlog(reg: &Registry, dir: &Dir) -> Option<u64> {
     let redirected = reg.maps.stats.get(&dir.src_cookie, 0).ok()?.redirected;
@@ -846,9 +888,7 @@ async fn read_side(src: Option<&TcpStream>) -> ReadOutcome {
         Ok(_) => ReadOutcome::Passed,
         // When its transmit fails hard (the peer reset it), the kernel's psock worker marks a
         // socket with EPIPE, which can reach this read before, or instead of, ECONNRESET.
-        Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => {
-            ReadOutcome::Reset
-        }
+        Err(e) if is_reset_error(&e) => ReadOutcome::Reset,
         Err(e) => ReadOutcome::Failed(e),
     }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod rawtcp;
+pub mod soak;
 pub mod streams;
 
 use std::{
@@ -236,6 +237,96 @@ pub fn bpf_stat_sum(pid: u32, name: &str, offset: usize) -> u64 {
         return sum;
     }
     panic!("process {pid} holds no map named {name}");
+}
+
+/// The BPF map ids a process holds, with their names and types (from `bpftool map show`).
+fn bpf_maps_held(pid: u32) -> Vec<(String, String, String)> {
+    let mut maps = Vec::new();
+    let Ok(fdinfo) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return maps;
+    };
+    for entry in fdinfo.flatten() {
+        let info = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let Some(id) = info.lines().find_map(|l| l.strip_prefix("map_id:")) else {
+            continue;
+        };
+        let id = id.trim().to_string();
+        let Ok(show) = Command::new("bpftool")
+            .args(["map", "show", "id", &id])
+            .output()
+        else {
+            continue;
+        };
+        let show = stdout(&show);
+        let kind = show.split_whitespace().nth(1).unwrap_or("").to_string();
+        let name = show
+            .split_whitespace()
+            .skip_while(|w| *w != "name")
+            .nth(1)
+            .unwrap_or("")
+            .to_string();
+        maps.push((id, name, kind));
+    }
+    maps
+}
+
+/// `bpftool map dump` of each named map a process holds, for failure reports.
+pub fn bpf_map_dumps(pid: u32, names: &[&str]) -> Vec<(String, String)> {
+    bpf_maps_held(pid)
+        .into_iter()
+        .filter(|(_, name, _)| names.contains(&name.as_str()))
+        .map(|(id, name, _)| {
+            let dump = Command::new("bpftool")
+                .args(["map", "dump", "id", &id])
+                .output()
+                .map(|o| stdout(&o))
+                .unwrap_or_default();
+            (name, dump)
+        })
+        .collect()
+}
+
+/// The kernel path's counters (the COUNTERS per-CPU array), summed over CPUs, by index.
+pub fn bpf_counters(pid: u32) -> Vec<u64> {
+    let Some((id, _, _)) = bpf_maps_held(pid)
+        .into_iter()
+        .find(|(_, name, _)| name == "COUNTERS")
+    else {
+        return Vec::new();
+    };
+    let Ok(out) = Command::new("bpftool")
+        .args(["-j", "map", "dump", "id", &id])
+        .output()
+    else {
+        return Vec::new();
+    };
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let le = |v: &serde_json::Value| -> u64 {
+        match v {
+            serde_json::Value::Number(n) => n.as_u64().unwrap_or(0),
+            serde_json::Value::Array(bytes) => {
+                let raw: Vec<u8> = bytes
+                    .iter()
+                    .filter_map(|b| b.as_str())
+                    .filter_map(|b| u8::from_str_radix(b.trim_start_matches("0x"), 16).ok())
+                    .collect();
+                raw.get(..8)
+                    .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()))
+            }
+            _ => 0,
+        }
+    };
+    let mut sums = Vec::new();
+    for element in json.as_array().into_iter().flatten() {
+        let total = element["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|cpu| le(&cpu["value"]))
+            .sum();
+        sums.push(total);
+    }
+    sums
 }
 
 /// Counts the bytes a process moves through read- and write-family system calls while the
