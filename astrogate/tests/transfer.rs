@@ -209,6 +209,75 @@ fn concurrent_mixed(mode: &str) {
     }
 }
 
+/// 8 connections at once each push 64 MiB into an upstream that writes every 1 MiB it reads
+/// straight back, while the client reads the echo. On the kernel path one pair's task used to
+/// wait for the upstream to take passed bytes while the upstream waited for its echo to be
+/// taken: every 8 x 64 MiB run stalled for good (issue 7). Now a stall of 20 s fails the test.
+fn echo_under_load(mode: &str) {
+    const SIZE: u64 = 64 << 20;
+    let lab = lab(&format!("echo-{mode}"), mode);
+    let _echo = Server::start(&lab.ns, "127.0.0.1:9011", |mut s| {
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        finish(&s);
+    });
+    // The client must be fast at both ends for the kernel path's hard limit to engage:
+    // 1 MiB writes of one block, 1 MiB reads, and a cheap hash rather than SHA-256.
+    let mut block = vec![0u8; 1 << 20];
+    common::streams::Pattern::new(11).fill(&mut block);
+    let block = std::sync::Arc::new(block);
+    let workers: Vec<_> = (0..8u64)
+        .map(|i| {
+            let mut s = dial(&lab.ns, GW, "echo.test", 9011);
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+            let block = block.clone();
+            thread::spawn(move || {
+                use std::hash::Hasher;
+                let mut reader = s.try_clone().unwrap();
+                let check = thread::spawn(move || {
+                    let mut hash = std::hash::DefaultHasher::new();
+                    let mut buf = vec![0u8; 1 << 20];
+                    let mut n = 0u64;
+                    loop {
+                        match reader.read(&mut buf)? {
+                            0 => return Ok::<_, std::io::Error>((n, hash.finish())),
+                            k => {
+                                hash.write(&buf[..k]);
+                                n += k as u64;
+                            }
+                        }
+                    }
+                });
+                let mut sent = std::hash::DefaultHasher::new();
+                for _ in 0..SIZE >> 20 {
+                    s.write_all(&block)
+                        .unwrap_or_else(|e| panic!("connection {i} stalled sending: {e}"));
+                    sent.write(&block);
+                }
+                finish(&s);
+                let got = check
+                    .join()
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("connection {i} stalled reading: {e}"));
+                assert_eq!(got, (SIZE, sent.finish()), "connection {i}");
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+}
+
 /// A last few bytes followed at once by FIN, over and over: TCP wakes the gateway for the FIN
 /// before the kernel path's verdict has seen those bytes, and passing the FIN on at that
 /// moment lost them (a TLS close_notify, in the XMPP test). Each side must get every byte.
@@ -412,6 +481,7 @@ on_every_path!(
     gigabyte_each_way,
     pipelined_preamble,
     concurrent_mixed,
+    echo_under_load,
     half_close,
     tail_then_fin,
     slow_readers,

@@ -16,9 +16,11 @@
 //! arrive, the kernel drops (already acknowledged) skbs of a batch in flight on another CPU.
 use std::{
     collections::HashMap,
+    future::Future,
     io::{self, ErrorKind},
     net::Shutdown,
     os::fd::{AsRawFd, RawFd},
+    pin::Pin,
     sync::{Arc, Mutex, MutexGuard, Weak},
     time::Duration,
 };
@@ -300,6 +302,11 @@ impl KernelPath {
         upstream: &TcpStream,
     ) -> (DirectionEnd, DirectionEnd) {
         let streams = [client, upstream];
+        // A tail is spliced beside the loop, not inside it: the other direction may need
+        // this task (to forward passed bytes) before the tail's source ends.
+        let mut tail: Option<
+            Pin<Box<dyn Future<Output = (usize, u64, DirectionEnd)> + Send + '_>>,
+        > = None;
         loop {
             if pair.dirs.iter().all(|d| matches!(d.state, State::Done(_))) {
                 break;
@@ -329,18 +336,49 @@ impl KernelPath {
                 r = read_side(down_src) => Event::Read(DOWN, r),
                 _ = up_signal.over_limit.notified() => Event::OverLimit(UP),
                 _ = down_signal.over_limit.notified() => Event::OverLimit(DOWN),
+                r = async { tail.as_mut().expect("guarded by is_some").await }, if tail.is_some() => {
+                    Event::TailDone(r)
+                }
                 _ = tick => Event::Tick,
             };
-            let mut fatal = match event {
+            let fatal = match event {
                 Event::Read(i, r) => self.on_read(pair, i, r, streams).await,
                 Event::OverLimit(i) => self.on_over_limit(pair, i),
+                Event::TailDone((i, bytes, end)) => {
+                    tail = None;
+                    tracing::debug!(
+                        cookie = pair.dirs[i].src_cookie,
+                        bytes,
+                        ?end,
+                        "kernel path: tail spliced"
+                    );
+                    pair.dirs[i].spliced += bytes;
+                    match end {
+                        DirectionEnd::Eof => {
+                            pair.dirs[i].state = State::Done(end);
+                            None
+                        }
+                        end => Some((i, end)),
+                    }
+                }
                 Event::Tick => match reset_source(streams) {
                     Some(fatal) => Some(fatal),
                     None => self.on_tick(pair, streams).await,
                 },
             };
-            if fatal.is_none() {
-                fatal = self.splice_tails(pair, streams).await;
+            if fatal.is_none() && tail.is_none() {
+                if let Some(i) = self.tail_ready(pair) {
+                    tracing::debug!(
+                        cookie = pair.dirs[i].src_cookie,
+                        "kernel path: splicing a tail"
+                    );
+                    pair.dirs[i].state = State::Splicing;
+                    let (src, dst) = (streams[i], streams[1 - i]);
+                    tail = Some(Box::pin(async move {
+                        let (bytes, end) = super::splice::pump(src, dst, TAIL_PIPE).await;
+                        (i, bytes, end)
+                    }));
+                }
             }
             if let Some((i, end)) = fatal {
                 pair.dirs[i].state = State::Done(end);
@@ -439,6 +477,13 @@ impl KernelPath {
 
     /// Forwards bytes the program passed to direction `i`'s source queue, once the destination
     /// has drained. Returns whether none is left pending.
+    ///
+    /// It never waits for the destination: the pair has one task, and a write that blocked
+    /// here would stop it from serving the other direction. In an echo that is a deadlock (the
+    /// issue's 8 x 64 MiB echo stalled one run in two): the upstream stops reading because
+    /// its replies are not taken, and its replies are not taken because this task waits for
+    /// it to read. Bytes read but not yet written wait in the direction's carry buffer, and
+    /// only written bytes count as consumed, so the program keeps passing behind them.
     async fn forward_passed(
         &self,
         pair: &mut Pair,
@@ -467,31 +512,47 @@ impl KernelPath {
         if left != 0 {
             return Ok(false);
         }
-        // While the source is in the verdict map its receive queue holds nothing the program
-        // has not seen, so a read returns passed bytes, in order. Never more than are pending.
-        // Keep going while bytes are there: the sender is held back by these very bytes.
+        let dir = &mut pair.dirs[i];
         let mut pending = pending;
         for _ in 0..PASSED_ROUNDS {
-            // A Vec reads into its spare capacity, so the capacity is the read's limit.
-            let mut buf = Vec::with_capacity((pending as usize).min(PASSED_CHUNK));
-            let n = match streams[i].try_read_buf(&mut buf) {
+            while !dir.carry.is_empty() {
+                match streams[1 - i].try_write(&dir.carry) {
+                    Ok(n) => {
+                        dir.carry.drain(..n);
+                        dir.consumed += n as u64;
+                        dir.copied += n as u64;
+                        dir.dst_user_written += n as u64;
+                        pending -= n as u64;
+                    }
+                    Err(e)
+                        if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) =>
+                    {
+                        return Ok(false)
+                    }
+                    Err(e) => return Err((i, DirectionEnd::WriteFailed(e))),
+                }
+            }
+            if pending == 0 {
+                // The program may have passed more meanwhile.
+                pending = passed_pending(&self.registry(), dir);
+                if pending == 0 {
+                    return Ok(true);
+                }
+            }
+            // While the source is in the verdict map its receive queue holds nothing the
+            // program has not seen, so a read returns passed bytes, in order; never more than
+            // are pending. A Vec reads into its spare capacity, which is the read's limit.
+            // Idle pairs keep no buffer.
+            dir.carry = Vec::new();
+            let room = (pending as usize).min(PASSED_CHUNK);
+            let mut buf = Vec::with_capacity(room);
+            match streams[i].try_read_buf(&mut buf) {
                 Ok(0) => break,
-                Ok(n) => n,
+                Ok(_) => dir.carry.extend_from_slice(&buf),
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
                     break
                 }
                 Err(e) => return Err((i, DirectionEnd::ReadFailed(e))),
-            };
-            write_all(streams[1 - i], &buf[..n])
-                .await
-                .map_err(|e| (i, DirectionEnd::WriteFailed(e)))?;
-            let dir = &mut pair.dirs[i];
-            dir.consumed += n as u64;
-            dir.copied += n as u64;
-            dir.dst_user_written += n as u64;
-            pending = passed_pending(&self.registry(), &pair.dirs[i]);
-            if pending == 0 {
-                return Ok(true);
             }
         }
         Ok(false)
@@ -547,33 +608,11 @@ impl KernelPath {
         None
     }
 
-    /// Finishes directions in `Tail` whose destination has drained.
-    async fn splice_tails(
-        &self,
-        pair: &mut Pair,
-        streams: [&TcpStream; 2],
-    ) -> Option<(usize, DirectionEnd)> {
-        for i in [UP, DOWN] {
-            if matches!(pair.dirs[i].state, State::Tail) && self.drained(&pair.dirs[i]) {
-                tracing::debug!(
-                    cookie = pair.dirs[i].src_cookie,
-                    "kernel path: splicing a tail"
-                );
-                let (bytes, end) = super::splice::pump(streams[i], streams[1 - i], TAIL_PIPE).await;
-                tracing::debug!(
-                    cookie = pair.dirs[i].src_cookie,
-                    bytes,
-                    ?end,
-                    "kernel path: tail spliced"
-                );
-                pair.dirs[i].spliced += bytes;
-                if !matches!(end, DirectionEnd::Eof) {
-                    return Some((i, end));
-                }
-                pair.dirs[i].state = State::Done(end);
-            }
-        }
-        None
+    /// A direction in `Tail` whose destination has drained, ready to splice its rest.
+    fn tail_ready(&self, pair: &Pair) -> Option<usize> {
+        [UP, DOWN]
+            .into_iter()
+            .find(|&i| matches!(pair.dirs[i].state, State::Tail) && self.drained(&pair.dirs[i]))
     }
 
     /// Bytes a source that sent FIN has received that neither user space read before the
@@ -764,6 +803,7 @@ const DOWN: usize = 1;
 enum Event {
     Read(usize, ReadOutcome),
     OverLimit(usize),
+    TailDone((usize, u64, DirectionEnd)),
     Tick,
 }
 
@@ -778,6 +818,8 @@ enum State {
     /// kernel admits only established sockets: once the destination has drained, the rest of
     /// its queue is spliced to the destination.
     Tail,
+    /// A `Tail` whose rest is being spliced.
+    Splicing,
     Done(DirectionEnd),
 }
 
@@ -802,6 +844,8 @@ struct Dir {
     hard_limit: u64,
     /// Bytes moved by splice(2) after a half-close while paused.
     spliced: u64,
+    /// Passed bytes read from `src` that `dst` could not take yet.
+    carry: Vec<u8>,
     /// Sequence number of the first byte of `src` user space did not read, when known.
     start_seq: Option<u32>,
     state: State,
@@ -828,6 +872,7 @@ impl Dir {
             limit: 0,
             hard_limit: 0,
             spliced: 0,
+            carry: Vec::new(),
             start_seq: None,
             state: State::Active,
             signal,

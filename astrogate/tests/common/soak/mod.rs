@@ -154,11 +154,24 @@ fn run_client(addr: SocketAddr, slot: usize, conn: &Watched) -> (Scenario, Optio
     } else {
         Vec::new()
     };
-    let expect = Expected {
-        injected: reply.len(),
-        prefix: reply,
-        len: sc.upstream.writes,
-        seed: sc.upstream.seed,
+    let injected = reply.len();
+    // An echoing upstream sends back what it got: the replayed preamble, then our payload.
+    let expect = if sc.upstream.order == plan::Order::Echo {
+        let mut prefix = reply;
+        prefix.extend_from_slice(&preamble[preamble.len() - counted..]);
+        Expected {
+            injected,
+            prefix,
+            len: sc.client.writes,
+            seed: sc.client.seed,
+        }
+    } else {
+        Expected {
+            injected,
+            prefix: reply,
+            len: sc.upstream.writes,
+            seed: sc.upstream.seed,
+        }
     };
     let report = peer::run(
         stream,

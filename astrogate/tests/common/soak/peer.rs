@@ -17,6 +17,8 @@ use super::plan::{Order, Reads, Side, Writes};
 use crate::common::streams::Pattern;
 
 const CHUNK: usize = 256 * 1024;
+/// An echoing side reads this much at a time, as the Python echo server did.
+const ECHO_READ: usize = 1 << 20;
 /// No socket call waits longer than this; the stall watch reports long before.
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -87,6 +89,7 @@ pub fn run(
         expect,
         style: side.read_style,
         reset_after: side.reset_after,
+        echo: side.order == Order::Echo,
     };
     let mut report = match side.order {
         Order::Both => {
@@ -110,6 +113,7 @@ pub fn run(
             r.merge_writes(sent);
             r
         }
+        Order::Echo => reader.run(&stream, &progress, &abort),
     };
     if abort.load(Relaxed) {
         report.reset = true;
@@ -248,6 +252,8 @@ struct Reader {
     expect: Expected,
     style: Reads,
     reset_after: Option<u64>,
+    /// Write every chunk read straight back.
+    echo: bool,
 }
 
 impl Reader {
@@ -258,10 +264,11 @@ impl Reader {
         let injected = self.expect.injected as u64;
         // Everything read, the gateway's own bytes included.
         let mut raw = 0u64;
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = vec![0u8; ECHO_READ.max(CHUNK)];
+        let mut sent_hash = std::hash::DefaultHasher::new();
         let mut stalled = false;
         loop {
-            let mut cap = CHUNK;
+            let mut cap = if self.echo { ECHO_READ } else { CHUNK };
             if self.style == Reads::Slow {
                 cap = 4096;
             }
@@ -294,6 +301,26 @@ impl Reader {
                     raw += n as u64;
                     report.received += (n - skip) as u64;
                     progress.received.fetch_add((n - skip) as u64, Relaxed);
+                    if self.echo {
+                        progress.writing.store(true, Relaxed);
+                        let written = s.write_all(chunk);
+                        progress.writing.store(false, Relaxed);
+                        match written {
+                            Ok(()) => {
+                                sent_hash.write(chunk);
+                                report.sent += n as u64;
+                                progress.sent.fetch_add(n as u64, Relaxed);
+                            }
+                            Err(e) if is_reset(&e) || abort.load(Relaxed) => {
+                                report.reset = true;
+                                break;
+                            }
+                            Err(e) => {
+                                report.error = Some(format!("echo: {e}"));
+                                break;
+                            }
+                        }
+                    }
                     if self.reset_after.is_some_and(|at| raw >= at) {
                         abort.store(true, Relaxed);
                         reset(s);
@@ -318,6 +345,9 @@ impl Reader {
             }
         }
         report.received_hash = hash.finish();
+        if self.echo {
+            report.sent_hash = sent_hash.finish();
+        }
         report
     }
 }

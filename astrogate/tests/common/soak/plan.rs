@@ -77,6 +77,10 @@ pub enum Order {
     WriteFirst,
     /// Reads to the end, then writes and half-closes: answers after the other side's FIN.
     ReadFirst,
+    /// Writes back every chunk as soon as it has read it (1 MiB reads), then half-closes
+    /// after the other side's FIN: the interdependent flow that found the kernel path's
+    /// echo deadlock. Only upstreams echo.
+    Echo,
 }
 
 /// One side of a connection.
@@ -183,6 +187,10 @@ pub fn scenario(rng: &mut Rng, id: u64, path: &'static str, max: u64) -> Scenari
         1 => (0, size(rng, max)),
         _ => (size(rng, max), size(rng, max)),
     };
+    if rng.chance(20) {
+        let up = size(rng, max);
+        return echo(rng, id, path, protocol, up);
+    }
     let client_order = if rng.chance(50) {
         Order::Both
     } else {
@@ -232,6 +240,24 @@ pub fn scenario(rng: &mut Rng, id: u64, path: &'static str, max: u64) -> Scenari
             upstream_resets,
             upstream_early,
         ),
+    }
+}
+
+/// An upstream that echoes a client's `up` bytes back while the client is still sending.
+fn echo(rng: &mut Rng, id: u64, path: &'static str, protocol: Protocol, up: u64) -> Scenario {
+    let reset = rng.chance(10);
+    let client_resets = reset && rng.chance(50);
+    let mut client = side(rng, up, up, Order::Both, client_resets, true);
+    // Slow reading at the client is what backs an echo up into the upstream.
+    client.read_style = reads(rng, up);
+    let mut upstream = side(rng, 0, up, Order::Echo, reset && !client_resets, false);
+    upstream.write_style = Writes::Fast;
+    Scenario {
+        id,
+        path,
+        protocol,
+        client,
+        upstream,
     }
 }
 
