@@ -304,9 +304,7 @@ impl KernelPath {
         let streams = [client, upstream];
         // A tail is spliced beside the loop, not inside it: the other direction may need
         // this task (to forward passed bytes) before the tail's source ends.
-        let mut tail: Option<
-            Pin<Box<dyn Future<Output = (usize, u64, DirectionEnd)> + Send + '_>>,
-        > = None;
+        let mut tail: Option<TailSplice<'_>> = None;
         loop {
             if pair.dirs.iter().all(|d| matches!(d.state, State::Done(_))) {
                 break;
@@ -799,6 +797,9 @@ async fn read_events(path: Weak<KernelPath>, mut events: AsyncFd<RingBuf<MapData
 
 const UP: usize = 0;
 const DOWN: usize = 1;
+
+/// A half-closed source's rest being spliced: (direction, bytes, how it ended).
+type TailSplice<'a> = Pin<Box<dyn Future<Output = (usize, u64, DirectionEnd)> + Send + 'a>>;
 
 enum Event {
     Read(usize, ReadOutcome),
