@@ -65,6 +65,19 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         idle: usize,
     },
+    /// Run the randomized differential soak of every data path (tests/soak.rs) for longer
+    /// than the test command's default, and print its counts.
+    Soak {
+        /// Seconds over all paths together.
+        #[arg(long, default_value_t = 3600)]
+        seconds: u64,
+        /// Scenario seed; a new one each run when not given (the soak prints it).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Paths to soak, comma-separated: kernel, splice, userspace.
+        #[arg(long, default_value = "kernel,splice,userspace")]
+        paths: String,
+    },
     /// Run every cargo-fuzz target for a while and report executions per target.
     Fuzz {
         /// Seconds per target.
@@ -116,6 +129,24 @@ fn main() -> Result<()> {
                     seconds,
                     idle,
                 },
+            )
+        }
+        Command::Soak {
+            seconds,
+            seed,
+            paths,
+        } => {
+            setup::ensure(setup::Scope::Everything)?;
+            ebpf::build(&root)?;
+            std::env::set_var("ASTROGATE_SOAK_SECONDS", seconds.to_string());
+            std::env::set_var("ASTROGATE_SOAK_PATHS", paths);
+            if let Some(seed) = seed {
+                std::env::set_var("ASTROGATE_SOAK_SEED", seed.to_string());
+            }
+            util::cargo(
+                &root,
+                &["test", "--release", "-p", "astrogate", "--test", "soak"],
+                &["--".into(), "--nocapture".into()],
             )
         }
         Command::Fuzz { seconds } => {
