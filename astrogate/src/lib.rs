@@ -4,7 +4,6 @@ pub mod config;
 pub mod conn;
 pub mod ebpf;
 pub mod forward;
-pub mod lab;
 pub mod reply;
 pub mod route;
 pub mod server;

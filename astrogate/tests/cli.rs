@@ -136,8 +136,8 @@ fn kernel_refuses_and_auto_falls_back_without_bpf() {
     readable(&auto);
     let log = lab.dir.join("auto.log");
     let mut gateway =
-        astrogate::lab::Child::spawn("astrogate", &mut unprivileged(&auto), &log).unwrap();
-    astrogate::lab::wait_for(
+        astrogate_lab::Child::spawn("astrogate", &mut unprivileged(&auto), &log).unwrap();
+    astrogate_lab::wait_for(
         "the unprivileged gateway to start",
         std::time::Duration::from_secs(10),
         || gateway.output().contains("astrogate running").then_some(()),
@@ -161,7 +161,7 @@ fn kernel_refuses_and_auto_falls_back_without_bpf() {
     s.read_to_end(&mut back).unwrap();
     assert_eq!(back, header);
     drop(echo);
-    astrogate::lab::wait_for(
+    astrogate_lab::wait_for(
         "the access-log line",
         std::time::Duration::from_secs(10),
         || {

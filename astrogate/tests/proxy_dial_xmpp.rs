@@ -4,7 +4,7 @@ mod common;
 
 use std::{process::Stdio, time::Duration};
 
-use astrogate::lab::{
+use astrogate_lab::{
     services::{self, ProsodySpec},
     wait_for,
 };

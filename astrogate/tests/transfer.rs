@@ -298,7 +298,7 @@ fn tail_then_fin(mode: &str) {
             let handle = handle.try_clone().unwrap();
             let name = name.clone();
             thread::spawn(move || {
-                astrogate::lab::enter(&handle, &name).unwrap();
+                astrogate_lab::enter(&handle, &name).unwrap();
                 for i in 0..100 {
                     let mut s = TcpStream::connect(GW).unwrap();
                     s.write_all(b"ASTROGATE-DIAL/1 count.test 9010\r\n")
@@ -442,7 +442,7 @@ fn churn(mode: &str, default_total: u32) -> Lab {
             let handle = handle.try_clone().unwrap();
             let name = name.clone();
             thread::spawn(move || {
-                astrogate::lab::enter(&handle, &name).unwrap();
+                astrogate_lab::enter(&handle, &name).unwrap();
                 for i in 0..total / threads {
                     let mut s = TcpStream::connect(GW).unwrap();
                     s.write_all(b"ASTROGATE-DIAL/1 churn.test 9009\r\nping")

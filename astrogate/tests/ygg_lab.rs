@@ -1,5 +1,5 @@
 //! The gateway between the clear internet and a real Yggdrasil network, both ways, with real
-//! clients and servers (see `astrogate::lab::ygglab` for the topology).
+//! clients and servers (see `astrogate_lab::ygglab` for the topology).
 //!
 //! One lab serves every test here: bringing it up (five namespaces, four yggdrasil nodes, two
 //! prosody servers) costs seconds, and the tests only read from it. This harness brings it up
@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use astrogate::lab::{
+use astrogate_lab::{
     topology::{GATEWAY_V4, GATEWAY_V6, INET_V4, INET_V6},
     wait_for,
     ygglab::*,
@@ -109,7 +109,7 @@ fn err(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn curl(lab: &YggLab, ns: &astrogate::lab::Netns, args: &[&str]) -> Output {
+fn curl(lab: &YggLab, ns: &astrogate_lab::Netns, args: &[&str]) -> Output {
     let mut all = vec!["-sS", "--max-time", "10"];
     all.extend_from_slice(args);
     lab.run(ns, CLIENT_LIMIT, "curl", &all)
@@ -117,14 +117,14 @@ fn curl(lab: &YggLab, ns: &astrogate::lab::Netns, args: &[&str]) -> Output {
 }
 
 /// Runs curl and expects success with `body`.
-fn curl_ok(lab: &YggLab, ns: &astrogate::lab::Netns, args: &[&str], body: &str) {
+fn curl_ok(lab: &YggLab, ns: &astrogate_lab::Netns, args: &[&str], body: &str) {
     let o = curl(lab, ns, args);
     assert!(o.status.success(), "curl {args:?}: {}", err(&o));
     assert_eq!(out(&o), body, "curl {args:?}");
 }
 
 /// Runs curl and returns the HTTP status it got.
-fn curl_status(lab: &YggLab, ns: &astrogate::lab::Netns, args: &[&str]) -> String {
+fn curl_status(lab: &YggLab, ns: &astrogate_lab::Netns, args: &[&str]) -> String {
     let mut all = vec!["-o", "/dev/null", "-w", "%{http_code}"];
     all.extend_from_slice(args);
     let o = curl(lab, ns, &all);

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use astrogate::lab::{
+use astrogate_lab::{
     run_client, services, start_gateway,
     topology::{Topology, TopologySpec, GATEWAY_V4, GATEWAY_V6, INET_V4},
     wait_for,

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use astrogate::lab::{
+use astrogate_lab::{
     topology::{GATEWAY_V4, GATEWAY_V6},
     ygglab::*,
     Netns,
@@ -30,7 +30,7 @@ struct Row {
 }
 
 pub fn run(root: &Path, keep: bool) -> Result<()> {
-    astrogate::lab::require_root()?;
+    astrogate_lab::require_root()?;
     let binary = root.join("target/release/astrogate");
     // Ctrl-C also reaches the lab's processes (same process group); catching it here lets the
     // guards tear the namespaces down instead of leaving them behind.

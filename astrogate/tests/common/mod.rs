@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use astrogate::lab::{services, start_gateway, wait_for, Child, Netns, Tap, Veth, Workdir};
+use astrogate_lab::{services, start_gateway, wait_for, Child, Netns, Tap, Veth, Workdir};
 
 pub const GATEWAY: &str = env!("CARGO_BIN_EXE_astrogate");
 

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use astrogate::lab::Netns;
+use astrogate_lab::Netns;
 
 const SYN: u8 = 0x02;
 const RST: u8 = 0x04;

@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use astrogate::lab::Netns;
+use astrogate_lab::Netns;
 use sha2::{Digest, Sha256};
 
 pub const CHUNK: usize = 64 * 1024;

@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use astrogate::lab::{wait_for, Child, Netns, Veth, Workdir};
+use astrogate_lab::{wait_for, Child, Netns, Veth, Workdir};
 
 use self::tools::{Dest, Servers, HELLO_HOST};
 use crate::util::step;
@@ -133,7 +133,7 @@ impl Topology {
         Veth::connect(&gw, &["10.2.0.1/24"], &server, &["10.2.0.2/24"])?;
         client.ip(&["route", "add", "default", "via", "10.1.0.1"])?;
         server.ip(&["route", "add", "default", "via", "10.2.0.1"])?;
-        astrogate::lab::run(gw.command("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]))?;
+        astrogate_lab::run(gw.command("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]))?;
         Ok(Topology {
             name: "veth",
             children: Vec::new(),

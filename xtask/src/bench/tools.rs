@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use astrogate::lab::{enter, Netns};
+use astrogate_lab::{enter, Netns};
 
 /// A real ClientHello (curl 7.88, SNI blog.example.com), captured for the sniffer tests.
 pub const CLIENT_HELLO: &[u8] = include_bytes!("../../../astrogate/tests/fixtures/tls/curl.bin");

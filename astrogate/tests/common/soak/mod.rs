@@ -109,7 +109,7 @@ pub fn run_round(env: &Env, scenarios: Vec<Scenario>, watch: &Arc<Watch>) -> Vec
         let ns = env.ns.try_clone().expect("cloning the namespace handle");
         let ns_name = env.ns_name.clone();
         let client = thread::spawn(move || {
-            astrogate::lab::enter(&ns, &ns_name).expect("entering the namespace");
+            astrogate_lab::enter(&ns, &ns_name).expect("entering the namespace");
             run_client(addr, slot, &conn)
         });
         threads.push((client, upstream));

@@ -364,7 +364,7 @@ pub fn gateway_config(topo: &Topology) -> String {
     let g = topo.gateway.address();
     let (a, b) = (a.expect("alpha"), b.expect("beta"));
     format!(
-        r#"# The gateway of the Yggdrasil lab (astrogate::lab::ygglab).
+        r#"# The gateway of the Yggdrasil lab (astrogate_lab::ygglab).
 [gateway]
 sniff_timeout = "3s"
 # Short, so that an unreachable Yggdrasil node fails fast.
