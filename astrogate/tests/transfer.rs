@@ -534,3 +534,34 @@ fn churn_on_the_kernel_path_leaves_no_map_entries() {
         "only {spliced} of 100000 connections took the kernel path"
     );
 }
+
+/// `kernel_max_backlog` of 8 GiB: the receive buffer the kernel path sets from it was cast to
+/// a C int, and half of 8 GiB is 2^32, which became 0 and left a 4 KiB buffer (issue 8). The
+/// gateway's accepted socket must keep a real one.
+#[test]
+fn huge_backlog_limits_keep_a_real_receive_buffer() {
+    let lab = lab_with(
+        "bigbuf",
+        "kernel",
+        "kernel_max_backlog = \"8GiB\"\nkernel_max_backlog_total = \"64GiB\"",
+    );
+    let _echo = Server::start(&lab.ns, "127.0.0.1:9012", |mut s| {
+        let mut r = s.try_clone().unwrap();
+        let _ = std::io::copy(&mut r, &mut s);
+    });
+    let mut s = dial(&lab.ns, GW, "echo.test", 9012);
+    s.write_all(b"ping").unwrap();
+    let mut back = [0u8; 4];
+    s.read_exact(&mut back).unwrap();
+    let ss = lab
+        .client("ss", &["-tnm", "state", "established", "( sport = :7070 )"])
+        .stdout;
+    let ss = String::from_utf8_lossy(&ss);
+    let rb: u64 = ss
+        .split(|c: char| c == ',' || c == '(' || c.is_whitespace())
+        .find_map(|w| w.strip_prefix("rb"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no receive buffer in\n{ss}"));
+    assert!(rb >= 1 << 20, "receive buffer {rb} bytes:\n{ss}");
+    drop(s);
+}

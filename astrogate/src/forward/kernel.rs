@@ -231,7 +231,7 @@ impl KernelPath {
         // effect. Capping the buffer at the allowance bounds that overshoot too. (The kernel
         // doubles the value it is given, for its own bookkeeping.)
         for stream in [client, upstream] {
-            let _ = SockRef::from(stream).set_recv_buffer_size((allowance / 2) as usize);
+            let _ = SockRef::from(stream).set_recv_buffer_size(recv_buffer_for(allowance));
         }
         let up = Arc::new(DirSignal::default());
         let down = Arc::new(DirSignal::default());
@@ -667,6 +667,12 @@ pub async fn drain_partial(client: &TcpStream, upstream: &TcpStream) -> Result<u
     Err(SpliceError::Unavailable(
         "the client kept its queue full".into(),
     ))
+}
+
+/// The SO_RCVBUF value for an allowance: half of it (the kernel doubles what it is given),
+/// within what setsockopt's C int can say. Cast unchecked, half of 8 GiB wrapped to 0.
+fn recv_buffer_for(allowance: u64) -> usize {
+    (allowance / 2).min(i32::MAX as u64) as usize
 }
 
 /// The direction whose source failed, if either did. A peek reports errors on an active
