@@ -23,6 +23,9 @@ fn check_accepts_the_shipped_config_and_prints_what_it_understood() {
         "  https\n    bind      0.0.0.0:443, [::]:443\n    sniff     tls\n    default   [201:5d78::9]:443",
         "sniff     acme -> http",
         "blog.example.com, *.blog.example.com -> [201:5d78::1] (port: the listener's); acme challenges -> [201:5d78::1]:80",
+        // The binary under test is the one that ships: it must carry its kernel path (a
+        // release build without the eBPF object used to embed nothing, silently).
+        "kernel path: eBPF programs built in (",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in\n{text}");
     }

@@ -11,6 +11,11 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/as
 
 const VERDICT_PROGRAM: &str = "astrogate_verdict";
 
+/// Size of the embedded eBPF object; 0 when the binary was built without one.
+pub fn embedded_object_len() -> usize {
+    OBJECT.len()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("this binary has no eBPF object embedded: build it with `cargo xtask build-ebpf`")]

@@ -2,4 +2,4 @@
 //! (load, attach, detach on drop) and hands typed map handles to the forwarding code.
 mod loader;
 
-pub use loader::{Kernel, LoadError, SpliceMaps};
+pub use loader::{embedded_object_len, Kernel, LoadError, SpliceMaps};

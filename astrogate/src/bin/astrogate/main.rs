@@ -173,5 +173,9 @@ async fn shutdown_signal() {
 fn check(path: &std::path::Path) -> Result<()> {
     let config = Config::load(path)?;
     print!("{}", astrogate::config::describe(&config));
+    match astrogate::ebpf::embedded_object_len() {
+        0 => println!("\nkernel path: not built into this binary (cargo xtask build-ebpf)"),
+        n => println!("\nkernel path: eBPF programs built in ({n} bytes)"),
+    }
     Ok(())
 }
