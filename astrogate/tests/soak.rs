@@ -84,6 +84,7 @@ fn randomized_soak_on_every_path() {
         .pid();
     let ns_name = lab.ns.name().to_string();
     let log_path = lab.dir.join("astrogate.log");
+    let log_file = log_path.clone();
     let watch = Watch::start(move || dump(&ns_name, pid, &log_path));
 
     let started = Instant::now();
@@ -102,17 +103,18 @@ fn randomized_soak_on_every_path() {
             .map(|i| plan::scenario(&mut rng, set * 100 + i, path, max))
             .collect();
         let began = Instant::now();
+        let log_from = std::fs::metadata(&log_file).map_or(0, |m| m.len());
         let finished = soak::run_round(&env, scenarios, &watch);
         let tally = tallies.entry(path).or_default();
         tally.busy += began.elapsed();
         tally.rounds += 1;
         let waited = Instant::now();
-        let access = wait_for_access(&lab, &finished);
+        let access = wait_for_access(&log_file, log_from, &finished);
         if std::env::var_os("ASTROGATE_SOAK_DEBUG").is_some() {
             eprintln!("round {round} {path}: {count} connections, {:?} running, {:?} waiting for the access log", began.elapsed(), waited.elapsed());
         }
         for f in &finished {
-            let line = f.client_port.and_then(|p| access.get(&p));
+            let line = f.access_key().and_then(|k| access.get(&k));
             let problems = check(f, line);
             tally.failed += u64::from(!problems.is_empty());
             for problem in problems {
@@ -203,13 +205,19 @@ fn soak_lab(paths: &[&'static str]) -> (Lab, Env) {
     (lab, env)
 }
 
-/// The access-log lines of a round's connections, once all are written.
-fn wait_for_access(lab: &Lab, finished: &[Finished]) -> HashMap<u16, HashMap<String, String>> {
-    let ports: Vec<u16> = finished.iter().filter_map(|f| f.client_port).collect();
+/// The access-log lines of a round's connections (those written since `from`), once all are.
+fn wait_for_access(
+    log: &PathBuf,
+    from: u64,
+    finished: &[Finished],
+) -> HashMap<(u16, String, String), HashMap<String, String>> {
+    let keys: Vec<_> = finished.iter().filter_map(Finished::access_key).collect();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let lines = access_lines(&lab.gateway_log());
-        if ports.iter().all(|p| lines.contains_key(p)) || Instant::now() > deadline {
+        let text = std::fs::read(log).unwrap_or_default();
+        let since = text.get(from as usize..).unwrap_or_default();
+        let lines = access_lines(&String::from_utf8_lossy(since));
+        if keys.iter().all(|k| lines.contains_key(k)) || Instant::now() > deadline {
             return lines;
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -84,6 +84,8 @@ pub struct Env {
 #[derive(Debug)]
 pub struct Finished {
     pub scenario: Scenario,
+    /// The upstream slot, which names the route: `host(slot)`.
+    pub slot: usize,
     pub client_port: Option<u16>,
     pub client: Report,
     pub upstream: Option<Report>,
@@ -116,11 +118,13 @@ pub fn run_round(env: &Env, scenarios: Vec<Scenario>, watch: &Arc<Watch>) -> Vec
     }
     let finished = threads
         .into_iter()
-        .map(|(client, upstream)| {
+        .enumerate()
+        .map(|(slot, (client, upstream))| {
             let (scenario, client_port, client) = client.join().expect("client thread");
             let upstream = upstream.join().expect("upstream thread");
             Finished {
                 scenario,
+                slot,
                 client_port,
                 client,
                 upstream,
@@ -226,8 +230,9 @@ impl Progress {
     }
 }
 
-/// An access-log line's fields, by client port.
-pub fn access_lines(log: &str) -> HashMap<u16, HashMap<String, String>> {
+/// The fields of the access-log lines in `log`, by (client port, listener, host). Ports are
+/// reused over a long soak, so a port alone does not name a connection.
+pub fn access_lines(log: &str) -> HashMap<(u16, String, String), HashMap<String, String>> {
     let mut lines = HashMap::new();
     for line in log.lines().filter(|l| l.contains("astrogate::access")) {
         let fields: HashMap<String, String> = line
@@ -240,10 +245,20 @@ pub fn access_lines(log: &str) -> HashMap<u16, HashMap<String, String>> {
             .and_then(|c| c.rsplit(':').next())
             .and_then(|p| p.parse().ok());
         if let Some(port) = port {
-            lines.insert(port, fields);
+            let listener = fields.get("listener").cloned().unwrap_or_default();
+            let host = fields.get("host").cloned().unwrap_or_default();
+            lines.insert((port, listener, host), fields);
         }
     }
     lines
+}
+
+impl Finished {
+    /// The key of this connection's access-log line.
+    pub fn access_key(&self) -> Option<(u16, String, String)> {
+        self.client_port
+            .map(|p| (p, self.scenario.path.to_string(), host(self.slot)))
+    }
 }
 
 /// What went wrong with one connection, if anything.
