@@ -42,24 +42,115 @@ pub async fn connect(
             }
         }
     };
+    connect_any(&addrs, deadline, timeout)
+        .await
+        .map_err(|e| match e {
+            ConnectError::NoAddresses { .. } => ConnectError::NoAddresses {
+                name: target.to_string(),
+            },
+            other => other,
+        })
+}
+
+/// RFC 8305's connection attempt delay: how long an attempt runs alone before the next starts.
+const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+
+/// Happy Eyeballs (RFC 8305): attempts start in turn, alternating address families, each
+/// `ATTEMPT_DELAY` after the last or at once when the last failed, and the first to connect
+/// wins; the others are dropped. A dead first address no longer eats the whole
+/// `connect_timeout` (it did, when addresses were tried one after another).
+pub async fn connect_any(
+    addrs: &[SocketAddr],
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<(TcpStream, SocketAddr), ConnectError> {
+    let mut queue = interleave_families(addrs).into_iter();
+    let mut attempts = tokio::task::JoinSet::new();
     let mut last = None;
-    for addr in &addrs {
-        match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
-            Err(_) => return Err(ConnectError::Timeout(timeout)),
-            Ok(Ok(stream)) => {
-                // Latency beats coalescing here: the client already decided how to batch.
-                let _ = stream.set_nodelay(true);
-                return Ok((stream, *addr));
-            }
-            Ok(Err(source)) => {
-                last = Some(ConnectError::Refused {
-                    addr: *addr,
-                    source,
-                })
+    loop {
+        if attempts.is_empty() {
+            match queue.next() {
+                Some(addr) => {
+                    attempts.spawn(async move { (addr, TcpStream::connect(addr).await) });
+                }
+                None => break,
             }
         }
+        let next_start = tokio::time::sleep(ATTEMPT_DELAY);
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => return Err(ConnectError::Timeout(timeout)),
+            done = attempts.join_next() => match done {
+                Some(Ok((addr, Ok(stream)))) => {
+                    // Latency beats coalescing here: the client already decided how to batch.
+                    let _ = stream.set_nodelay(true);
+                    return Ok((stream, addr));
+                }
+                Some(Ok((addr, Err(source)))) => last = Some(ConnectError::Refused { addr, source }),
+                // A task cannot panic or be cancelled here; count it as a failed attempt.
+                Some(Err(_)) | None => {}
+            },
+            _ = next_start => {
+                if let Some(addr) = queue.next() {
+                    attempts.spawn(async move { (addr, TcpStream::connect(addr).await) });
+                }
+            }
+        }
+        if attempts.is_empty() && queue.len() == 0 {
+            break;
+        }
     }
-    Err(last.unwrap_or_else(|| ConnectError::NoAddresses {
-        name: target.to_string(),
+    Err(last.unwrap_or(ConnectError::NoAddresses {
+        name: String::new(),
     }))
+}
+
+/// Alternates address families, starting with the family of the first address (RFC 8305 §4).
+fn interleave_families(addrs: &[SocketAddr]) -> Vec<SocketAddr> {
+    let Some(first) = addrs.first() else {
+        return Vec::new();
+    };
+    let (mut lead, mut other): (Vec<SocketAddr>, Vec<SocketAddr>) = addrs
+        .iter()
+        .copied()
+        .partition(|a| a.is_ipv6() == first.is_ipv6());
+    lead.reverse();
+    other.reverse();
+    let mut out = Vec::with_capacity(addrs.len());
+    while !lead.is_empty() || !other.is_empty() {
+        out.extend(lead.pop());
+        out.extend(other.pop());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::interleave_families;
+
+    #[test]
+    fn families_alternate_starting_with_the_first() {
+        let a = |s: &str| s.parse().unwrap();
+        let addrs = [
+            a("[2001:db8::1]:80"),
+            a("[2001:db8::2]:80"),
+            a("192.0.2.1:80"),
+            a("192.0.2.2:80"),
+            a("[2001:db8::3]:80"),
+        ];
+        let order: Vec<String> = interleave_families(&addrs)
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "[2001:db8::1]:80",
+                "192.0.2.1:80",
+                "[2001:db8::2]:80",
+                "192.0.2.2:80",
+                "[2001:db8::3]:80"
+            ]
+        );
+        assert!(interleave_families(&[]).is_empty());
+    }
 }

@@ -275,3 +275,40 @@ fn unreachable_upstreams_fail_fast_and_cleanly() {
     assert!(text.contains("internal error"), "{text}");
     assert_still_serving(&lab);
 }
+
+/// A name whose first address is dead must not cost the whole connect timeout: Happy Eyeballs
+/// starts the next address 250 ms later (issue 8; addresses used to be tried one after another
+/// under one deadline, so a dead first AAAA record made every connection time out).
+#[test]
+fn a_dead_first_address_does_not_eat_the_connect_timeout() {
+    let lab = lab("eyeballs");
+    let started = Instant::now();
+    let result = lab
+        .ns
+        .enter(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let addrs = [
+                    "192.0.2.1:80".parse().unwrap(),
+                    "127.0.0.1:9101".parse().unwrap(),
+                ];
+                let timeout = Duration::from_secs(10);
+                let deadline = tokio::time::Instant::now() + timeout;
+                astrogate::upstream::connect_any(&addrs, deadline, timeout)
+                    .await
+                    .map(|(_, addr)| addr)
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .unwrap();
+    assert_eq!(result, Ok("127.0.0.1:9101".parse().unwrap()));
+    // The second attempt starts 250 ms in; ten seconds is what waiting out the first costs.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
