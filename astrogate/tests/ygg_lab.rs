@@ -781,9 +781,13 @@ fn ygg_client_is_ygg_only(lab: &YggLab) {
         format!("http://{}/", v6(INET_V6)),
     ] {
         let o = curl(lab, client, &["--connect-timeout", "2", &url]);
+        // Only "could not connect" (7) or "timed out" (28) mean unreachable; any failure
+        // (a missing curl, a bad option) used to pass.
         assert!(
-            !o.status.success(),
-            "{url} must be unreachable from the Yggdrasil client"
+            matches!(o.status.code(), Some(7) | Some(28)),
+            "{url} must be unreachable from the Yggdrasil client: curl exited {:?}: {}",
+            o.status.code(),
+            err(&o)
         );
     }
 }

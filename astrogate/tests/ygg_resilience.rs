@@ -21,7 +21,9 @@ const WAIT: Duration = Duration::from_secs(10);
 const BODY: &str = "gamma over yggdrasil\n";
 const INET_BODY: &str = "www on the clear internet\n";
 /// The gateway's connect_timeout in these labs.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// What a loaded 2-core machine may add to a timeout before the answer arrives.
+const SLACK: Duration = Duration::from_secs(4);
 
 /// Field order is drop order.
 struct SmallLab {
@@ -204,7 +206,8 @@ fn an_upstream_that_is_down_fails_cleanly_and_quickly() {
     // A host that is up but has nothing on the port: its RST comes back over the overlay.
     let (code, _, took) = lab.get("closed.gamma.example", v4);
     assert_eq!(code, "502", "a refused upstream");
-    assert!(took < Duration::from_millis(1500), "502 took {took:?}");
+    // A refused connect does not wait for the connect timeout.
+    assert!(took < CONNECT_TIMEOUT, "502 took {took:?}");
     lab.access_line(&["host=closed.gamma.example", "outcome=upstream_unreachable"]);
 
     // The service's node is gone: nothing answers at all, so the connect timeout decides.
@@ -214,7 +217,7 @@ fn an_upstream_that_is_down_fails_cleanly_and_quickly() {
         let (code, _, took) = lab.get("www.gamma.example", gateway);
         assert_eq!(code, "504", "an upstream whose node is down, via {gateway}");
         assert!(
-            took >= CONNECT_TIMEOUT && took < CONNECT_TIMEOUT + Duration::from_millis(1500),
+            took >= CONNECT_TIMEOUT && took < CONNECT_TIMEOUT + SLACK,
             "504 via {gateway} took {took:?}; the gateway's connect_timeout is {CONNECT_TIMEOUT:?}"
         );
     }
@@ -236,10 +239,7 @@ fn an_upstream_that_is_down_fails_cleanly_and_quickly() {
         !o.status.success() && stderr.contains("gateway refused: 504"),
         "dial to a down node: {stderr}"
     );
-    assert!(
-        took < CONNECT_TIMEOUT + Duration::from_millis(1500),
-        "dial took {took:?}"
-    );
+    assert!(took < CONNECT_TIMEOUT + SLACK, "dial took {took:?}");
 }
 
 #[test]

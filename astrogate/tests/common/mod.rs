@@ -349,8 +349,24 @@ impl SyscallBytes {
             .args(["-p", &pid.to_string()])
             .spawn()
             .expect("starting strace");
-        // strace reports attachment only by tracing; give it a moment to attach every thread.
-        std::thread::sleep(Duration::from_millis(500));
+        // Wait until strace traces every thread of the process, so no byte moves unwatched
+        // (a fixed sleep let a late attach pass without watching the whole transfer).
+        let traced = wait_for(
+            "strace to attach to every thread",
+            Duration::from_secs(10),
+            || {
+                let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+                let all = tasks.flatten().all(|t| {
+                    std::fs::read_to_string(t.path().join("status"))
+                        .unwrap_or_default()
+                        .lines()
+                        .find_map(|l| l.strip_prefix("TracerPid:"))
+                        .is_some_and(|v| v.trim() != "0")
+                });
+                all.then_some(())
+            },
+        );
+        traced.unwrap_or_else(|e| panic!("{e}"));
         SyscallBytes { strace, log }
     }
 

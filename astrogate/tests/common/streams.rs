@@ -69,9 +69,12 @@ pub fn hash_to_eof(s: &mut TcpStream) -> io::Result<(u64, [u8; 32])> {
 }
 
 /// A server in a namespace that runs `handle` on a thread per connection; stops when dropped.
+/// A handler that panics (a failed assertion) fails the test when the server is dropped, with
+/// the handler's message, instead of showing up only as a timeout somewhere else.
 pub struct Server {
     pub addr: SocketAddr,
     stop: Arc<AtomicBool>,
+    failures: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -85,6 +88,8 @@ impl Server {
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let failures2 = failures.clone();
         let handle = Arc::new(handle);
         thread::spawn(move || {
             while !stop2.load(Ordering::Relaxed) {
@@ -92,19 +97,49 @@ impl Server {
                     Ok((s, _)) => {
                         s.set_nonblocking(false).unwrap();
                         let handle = handle.clone();
-                        thread::spawn(move || handle(s));
+                        let failures = failures2.clone();
+                        thread::spawn(move || {
+                            let run = std::panic::AssertUnwindSafe(|| handle(s));
+                            if let Err(panic) = std::panic::catch_unwind(run) {
+                                let what = panic
+                                    .downcast_ref::<String>()
+                                    .cloned()
+                                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                                    .unwrap_or_else(|| "a panic".into());
+                                failures.lock().unwrap().push(what);
+                            }
+                        });
                     }
                     Err(_) => thread::sleep(Duration::from_millis(2)),
                 }
             }
         });
-        Server { addr, stop }
+        Server {
+            addr,
+            stop,
+            failures,
+        }
+    }
+}
+
+impl Server {
+    /// How many handlers have failed so far.
+    pub fn failures_so_far(&self) -> usize {
+        self.failures.lock().unwrap().len()
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        let failures = self.failures.lock().unwrap().clone();
+        if !failures.is_empty() && !thread::panicking() {
+            panic!(
+                "a server handler on {} failed: {}",
+                self.addr,
+                failures.join("; ")
+            );
+        }
     }
 }
 
