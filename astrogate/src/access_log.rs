@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use crate::{
-    forward::PathKind,
+    forward::{DirectionEnd, Forwarded, PathKind},
     sniff::{Hostname, Protocol},
 };
 
@@ -26,6 +26,17 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// How a forwarded connection ended: a reset or failed write on one side names that side.
+    pub fn of(forwarded: &Forwarded) -> Outcome {
+        use DirectionEnd::*;
+        match (&forwarded.up_end, &forwarded.down_end) {
+            (Eof, Eof) => Outcome::Ok,
+            (Reset, _) | (_, WriteFailed(_)) => Outcome::ClientReset,
+            (_, Reset) | (WriteFailed(_), _) => Outcome::UpstreamReset,
+            _ => Outcome::Error,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",

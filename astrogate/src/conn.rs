@@ -142,7 +142,7 @@ async fn serve(
     rec.up_bytes += done.up_bytes;
     rec.down_bytes = done.down_bytes;
     rec.copied_bytes += done.copied_bytes;
-    let outcome = done.outcome();
+    let outcome = Outcome::of(&done);
     if outcome != Outcome::Ok {
         rec.detail = Some(format!("up: {:?}, down: {:?}", done.up_end, done.down_end));
     }

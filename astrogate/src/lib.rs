@@ -8,4 +8,5 @@ pub mod reply;
 pub mod route;
 pub mod server;
 pub mod sniff;
+pub mod target;
 pub mod upstream;

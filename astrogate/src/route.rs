@@ -6,7 +6,7 @@
 //! listeners is invisible to the others, and the lookup falls through to less specific routes.
 use std::{collections::HashMap, fmt};
 
-use crate::{config::Target, sniff::Hostname};
+use crate::{sniff::Hostname, target::Target};
 
 /// A `hosts` entry: `name` or `*.suffix`. A wildcard matches one or more labels in front of
 /// the suffix, never the suffix itself.

@@ -6,7 +6,6 @@ mod describe;
 pub mod duration;
 mod raw;
 pub mod size;
-mod target;
 
 use std::{
     collections::HashSet,
@@ -19,13 +18,13 @@ use std::{
 
 use toml::Spanned;
 
+pub use crate::target::{Target, TargetHost};
 use crate::{
     route::{AcmeAction, HostPattern, Route, RouteTable},
     sniff::{Hostname, Protocol},
 };
 pub use describe::describe;
 pub use raw::RawConfig;
-pub use target::{Target, TargetHost};
 
 /// Default for `gateway.sniff_timeout`: how long a client has to name a host.
 pub const DEFAULT_SNIFF_TIMEOUT: Duration = Duration::from_secs(5);

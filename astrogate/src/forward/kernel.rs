@@ -188,7 +188,7 @@ impl KernelPath {
             up_end: ends.0,
             down_end: ends.1,
         };
-        if forwarded.outcome() != crate::access_log::Outcome::Ok {
+        if !forwarded.clean() {
             reset_on_close(client);
             reset_on_close(upstream);
         }

@@ -11,7 +11,7 @@ use std::{fmt, future::Future, io};
 
 use tokio::net::TcpStream;
 
-use crate::{access_log::Outcome, config::DataPath, sniff::Protocol};
+use crate::{config::DataPath, sniff::Protocol};
 
 /// The path one connection takes: the listener's setting, with `auto` resolved by what the
 /// connection carries. XMPP is small interactive messages, where the kernel path's shorter
@@ -75,14 +75,12 @@ pub struct Forwarded {
 }
 
 impl Forwarded {
-    pub fn outcome(&self) -> Outcome {
-        use DirectionEnd::*;
-        match (&self.up_end, &self.down_end) {
-            (Eof, Eof) => Outcome::Ok,
-            (Reset, _) | (_, WriteFailed(_)) => Outcome::ClientReset,
-            (_, Reset) | (WriteFailed(_), _) => Outcome::UpstreamReset,
-            _ => Outcome::Error,
-        }
+    /// Both directions ended with a FIN passed on: nothing was cut short.
+    pub fn clean(&self) -> bool {
+        matches!(
+            (&self.up_end, &self.down_end),
+            (DirectionEnd::Eof, DirectionEnd::Eof)
+        )
     }
 }
 
@@ -122,7 +120,7 @@ pub(crate) async fn run_pair(
         up_end,
         down_end,
     };
-    if result.outcome() != Outcome::Ok {
+    if !result.clean() {
         userspace::reset_on_close(client);
         userspace::reset_on_close(upstream);
     }
