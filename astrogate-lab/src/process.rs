@@ -97,6 +97,26 @@ impl Child {
         self.child.try_wait().ok().flatten()
     }
 
+    /// Sends `signal` (SIGHUP, SIGTERM, ...) to the child.
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+    }
+
+    /// Waits up to `limit` for the child to exit by itself.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Sends SIGTERM and waits up to `grace` for a clean exit before SIGKILL.
     pub fn stop(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
         if let Some(status) = self.exited() {

@@ -70,6 +70,8 @@ pub struct AccessRecord {
     /// Payload bytes, after the sniffed preamble, that passed through user-space buffers.
     pub copied_bytes: u64,
     pub path: Option<PathKind>,
+    /// Came through a raw TCP listener (no sniffing): logged as protocol `raw`.
+    pub raw: bool,
     pub outcome: Outcome,
     /// Error text for failures; fixed strings or OS errors, never client bytes.
     pub detail: Option<String>,
@@ -89,6 +91,7 @@ impl AccessRecord {
             down_bytes: 0,
             copied_bytes: 0,
             path: None,
+            raw: false,
             outcome: Outcome::Error,
             detail: None,
         }
@@ -100,7 +103,7 @@ impl AccessRecord {
             target: "astrogate::access",
             client = %self.client,
             listener = %self.listener,
-            protocol = %self.protocol.map_or(none, Protocol::name),
+            protocol = %self.protocol.map_or(if self.raw { "raw" } else { none }, Protocol::name),
             host = %self.host.as_ref().map_or(none, Hostname::as_str),
             target = %self.target.as_deref().unwrap_or(none),
             upstream = %self.upstream.map_or_else(|| none.to_string(), |a| a.to_string()),

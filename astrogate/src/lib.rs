@@ -1,12 +1,11 @@
 //! Astrogate: a gateway that routes TCP connections by the hostname their first bytes name.
 pub mod access_log;
 pub mod config;
-pub mod conn;
 pub mod ebpf;
 pub mod forward;
+pub mod pipeline;
 pub mod reply;
 pub mod route;
-pub mod server;
+pub mod runtime;
 pub mod sniff;
 pub mod target;
-pub mod upstream;

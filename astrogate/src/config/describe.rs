@@ -24,8 +24,15 @@ pub fn describe(config: &Config) -> String {
         );
         let _ = writeln!(out, "  {}", l.name);
         let _ = writeln!(out, "    bind      {}", binds.join(", "));
-        let _ = writeln!(out, "    sniff     {}", protocols.join(" -> "));
-        let _ = writeln!(out, "    default   {default}");
+        match &l.to {
+            Some(to) => {
+                let _ = writeln!(out, "    raw TCP   every connection -> {to} (no sniffing)");
+            }
+            None => {
+                let _ = writeln!(out, "    sniff     {}", protocols.join(" -> "));
+                let _ = writeln!(out, "    default   {default}");
+            }
+        }
         let _ = writeln!(out, "    path      {}", l.data_path);
     }
     let _ = writeln!(

@@ -43,6 +43,8 @@ pub const DEFAULT_PIPE_SIZE: usize = 1 << 20;
 pub const DEFAULT_KERNEL_MAX_BACKLOG: u64 = 4 << 20;
 /// Default for `gateway.kernel_max_backlog_total`: the same, over all connections.
 pub const DEFAULT_KERNEL_MAX_BACKLOG_TOTAL: u64 = 256 << 20;
+/// Default for `gateway.shutdown_grace`: how long SIGTERM lets established connections finish.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Which forwarding path established connections take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +91,7 @@ pub struct GatewaySettings {
     pub pipe_size: usize,
     pub kernel_max_backlog: u64,
     pub kernel_max_backlog_total: u64,
+    pub shutdown_grace: Duration,
 }
 
 impl Default for GatewaySettings {
@@ -102,6 +105,7 @@ impl Default for GatewaySettings {
             pipe_size: DEFAULT_PIPE_SIZE,
             kernel_max_backlog: DEFAULT_KERNEL_MAX_BACKLOG,
             kernel_max_backlog_total: DEFAULT_KERNEL_MAX_BACKLOG_TOTAL,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
 }
@@ -110,8 +114,10 @@ impl Default for GatewaySettings {
 pub struct ListenerConfig {
     pub name: String,
     pub bind: Vec<SocketAddr>,
-    /// Sniffers to try, in priority order.
+    /// Sniffers to try, in priority order; empty for a raw listener.
     pub protocols: Vec<Protocol>,
+    /// A raw TCP listener's one target: every connection goes there, unsniffed.
+    pub to: Option<Target>,
     /// Where connections with no name, or a name no route serves, go.
     pub default: Option<Target>,
     /// This listener's forwarding path; `gateway.data_path` unless the listener sets its own.
@@ -291,6 +297,9 @@ fn validate_gateway(g: &raw::RawGateway, at: &Locator<'_>) -> Result<GatewaySett
     if let Some(v) = &g.data_path {
         s.data_path = parse_data_path(v, "gateway.data_path", at)?;
     }
+    if let Some(v) = &g.shutdown_grace {
+        s.shutdown_grace = duration(v, "gateway.shutdown_grace")?;
+    }
     Ok(s)
 }
 
@@ -360,15 +369,64 @@ fn validate_listener(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    if l.protocols.get_ref().is_empty() {
+    let to =
+        l.to.as_ref()
+            .map(|t| parse_target(t, at, &key("to")))
+            .transpose()?;
+    let protocols = match (&l.protocols, &to) {
+        (Some(p), Some(_)) => {
+            return Err(at.at(
+                p,
+                &key("protocols"),
+                "a listener with `to` forwards without sniffing: remove `protocols` or `to`",
+            ))
+        }
+        (None, None) => {
+            return Err(at.at(
+                &l.name,
+                &key("protocols"),
+                "set `protocols` to sniff, or `to` to forward every connection to one target",
+            ))
+        }
+        (None, Some(_)) => Vec::new(),
+        (Some(p), None) => validate_protocols(p, at, key)?,
+    };
+    if let (Some(d), Some(_)) = (&l.default, &to) {
         return Err(at.at(
-            &l.protocols,
-            &key("protocols"),
-            "needs at least one protocol",
+            d,
+            &key("default"),
+            "a raw listener (`to`) has no default: it forwards everything to `to`",
         ));
     }
+    let default = l
+        .default
+        .as_ref()
+        .map(|d| parse_target(d, at, &key("default")))
+        .transpose()?;
+    let data_path = match &l.data_path {
+        Some(v) => parse_data_path(v, &key("data_path"), at)?,
+        None => gateway_path,
+    };
+    Ok(ListenerConfig {
+        name: name.to_string(),
+        bind,
+        protocols,
+        to,
+        default,
+        data_path,
+    })
+}
+
+fn validate_protocols(
+    list: &Spanned<Vec<Spanned<String>>>,
+    at: &Locator<'_>,
+    key: &dyn Fn(&str) -> String,
+) -> Result<Vec<Protocol>, ConfigError> {
+    if list.get_ref().is_empty() {
+        return Err(at.at(list, &key("protocols"), "needs at least one protocol"));
+    }
     let mut protocols = Vec::new();
-    for p in l.protocols.get_ref() {
+    for p in list.get_ref() {
         let protocol = Protocol::ALL
             .into_iter()
             .find(|known| known.name() == p.get_ref())
@@ -391,22 +449,7 @@ fn validate_listener(
         }
         protocols.push(protocol);
     }
-    let default = l
-        .default
-        .as_ref()
-        .map(|d| parse_target(d, at, &key("default")))
-        .transpose()?;
-    let data_path = match &l.data_path {
-        Some(v) => parse_data_path(v, &key("data_path"), at)?,
-        None => gateway_path,
-    };
-    Ok(ListenerConfig {
-        name: name.to_string(),
-        bind,
-        protocols,
-        default,
-        data_path,
-    })
+    Ok(protocols)
 }
 
 fn parse_target(v: &Spanned<String>, at: &Locator<'_>, key: &str) -> Result<Target, ConfigError> {

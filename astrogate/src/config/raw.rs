@@ -25,6 +25,7 @@ pub struct RawGateway {
     pub pipe_size: Option<Spanned<super::size::RawSize>>,
     pub kernel_max_backlog: Option<Spanned<super::size::RawSize>>,
     pub kernel_max_backlog_total: Option<Spanned<super::size::RawSize>>,
+    pub shutdown_grace: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -32,9 +33,11 @@ pub struct RawGateway {
 pub struct RawListener {
     pub name: Spanned<String>,
     pub bind: Spanned<Vec<Spanned<String>>>,
-    pub protocols: Spanned<Vec<Spanned<String>>>,
+    pub protocols: Option<Spanned<Vec<Spanned<String>>>>,
     pub default: Option<Spanned<String>>,
     pub data_path: Option<Spanned<String>>,
+    /// A raw TCP listener: every connection goes here, without sniffing.
+    pub to: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -226,3 +226,53 @@ fn splice_is_a_data_path_with_its_own_pipe_size() {
     let huge = text.replace("\"256KiB\"", "\"2GiB\"");
     assert_error(&huge, 3, "gateway.pipe_size", "at most 1GiB");
 }
+
+#[test]
+fn raw_listeners_forward_to_one_target_and_take_no_sniffers() {
+    let ok = parse(
+        r#"
+[[listener]]
+name = "ssh"
+bind = ["0.0.0.0:22"]
+to = "[201:5d78::22]:22"
+"#,
+    )
+    .unwrap();
+    assert_eq!(
+        ok.listeners[0].to.as_ref().unwrap().to_string(),
+        "[201:5d78::22]:22"
+    );
+    assert!(ok.listeners[0].protocols.is_empty());
+    let both = parse(
+        "[[listener]]\nname = \"x\"\nbind = [\"0.0.0.0:22\"]\nprotocols = [\"tls\"]\nto = \"10.0.0.1:22\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        both.contains("listener[0].protocols: a listener with `to` forwards without sniffing"),
+        "{both}"
+    );
+    let neither = parse("[[listener]]\nname = \"x\"\nbind = [\"0.0.0.0:22\"]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        neither.contains("set `protocols` to sniff, or `to`"),
+        "{neither}"
+    );
+    let default = parse(
+        "[[listener]]\nname = \"x\"\nbind = [\"0.0.0.0:22\"]\nto = \"10.0.0.1:22\"\ndefault = \"10.0.0.2:22\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(default.contains("listener[0].default"), "{default}");
+}
+
+#[test]
+fn shutdown_grace_is_a_duration() {
+    let c = parse("[gateway]\nshutdown_grace = \"5s\"\n[[listener]]\nname = \"x\"\nbind = [\"0.0.0.0:22\"]\nto = \"10.0.0.1:22\"\n").unwrap();
+    assert_eq!(c.gateway.shutdown_grace, std::time::Duration::from_secs(5));
+    let bad = parse("[gateway]\nshutdown_grace = \"soon\"\n[[listener]]\nname = \"x\"\nbind = [\"0.0.0.0:22\"]\nto = \"10.0.0.1:22\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(bad.contains(":2:18: gateway.shutdown_grace:"), "{bad}");
+}

@@ -72,9 +72,10 @@ pub enum StartError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpliceError {
-    /// Nothing was inserted; the connection can take the user-space path instead.
-    #[error("kernel path unavailable for this connection: {0}")]
-    Unavailable(String),
+    /// Nothing was inserted; the connection can take the user-space path instead. `moved`
+    /// bytes of the client's were already forwarded (read while draining before the splice).
+    #[error("kernel path unavailable for this connection: {why}")]
+    Unavailable { why: String, moved: u64 },
     /// The pair was partly spliced when setup failed; the connection must be reset.
     #[error("kernel path setup failed midway: {0}")]
     Aborted(String),
@@ -161,14 +162,23 @@ impl KernelPath {
 
     /// Forwards `client` <-> `upstream` in the kernel until both directions end. Bytes the
     /// caller already wrote (replayed preamble, dial reply) must be written before this call;
-    /// `client_consumed` is how many bytes it read from the client (sniffed and drained).
+    /// `sniffed` is how many bytes it read from the client.
     pub async fn splice(
         &self,
         client: &TcpStream,
         upstream: &TcpStream,
-        client_consumed: u64,
+        sniffed: u64,
     ) -> Result<Forwarded, SpliceError> {
-        let mut pair = self.register(client, upstream, client_consumed)?;
+        let drained = drain_partial(client, upstream).await?;
+        let mut pair = self
+            .register(client, upstream, sniffed + drained)
+            .map_err(|e| match e {
+                SpliceError::Unavailable { why, .. } => SpliceError::Unavailable {
+                    why,
+                    moved: drained,
+                },
+                aborted => aborted,
+            })?;
         let _ = kick(client.as_raw_fd());
         let _ = kick(upstream.as_raw_fd());
         let mut ends = self.watch(&mut pair, client, upstream).await;
@@ -182,9 +192,9 @@ impl KernelPath {
         }
         let forwarded = Forwarded {
             path: PathKind::Kernel,
-            up_bytes: up_redirected + pair.dirs[UP].copied + pair.dirs[UP].spliced,
+            up_bytes: drained + up_redirected + pair.dirs[UP].copied + pair.dirs[UP].spliced,
             down_bytes: down_redirected + pair.dirs[DOWN].copied + pair.dirs[DOWN].spliced,
-            copied_bytes: pair.dirs[UP].copied + pair.dirs[DOWN].copied,
+            copied_bytes: drained + pair.dirs[UP].copied + pair.dirs[DOWN].copied,
             up_end: ends.0,
             down_end: ends.1,
         };
@@ -206,8 +216,9 @@ impl KernelPath {
         upstream: &TcpStream,
         client_consumed: u64,
     ) -> Result<Pair, SpliceError> {
-        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
-            SpliceError::Unavailable(format!("{what}: {e}"))
+        let unavailable = |what: &str, e: &dyn std::fmt::Display| SpliceError::Unavailable {
+            why: format!("{what}: {e}"),
+            moved: 0,
         };
         let (cfd, ufd) = (client.as_raw_fd(), upstream.as_raw_fd());
         let cc = cookie(cfd).map_err(|e| unavailable("SO_COOKIE", &e))?;
@@ -223,7 +234,10 @@ impl KernelPath {
         let u_base = queued_total(ufd).map_err(|e| unavailable("TCP_INFO", &e))?;
         let mut reg = self.registry();
         if reg.signals.len() + 2 > MAX_SOCKETS {
-            return Err(SpliceError::Unavailable("the sockmap is full".into()));
+            return Err(SpliceError::Unavailable {
+                why: "the sockmap is full".into(),
+                moved: 0,
+            });
         }
         let allowance = self.allowance(reg.signals.len() + 2);
         // Redirected bytes leave the receive queue at once, so TCP keeps advertising the whole
@@ -633,14 +647,14 @@ impl KernelPath {
     }
 }
 
-/// Reads what the client has queued and forwards it, until a read comes back short. Call it
-/// before [`KernelPath::splice`]; the bytes it moves belong with the replayed preamble.
+/// Reads what the client has queued and forwards it, until a read comes back short, before
+/// the pair joins the sockmap; the bytes it moves belong with the replayed preamble.
 ///
 /// Sniffing reads in small chunks and can stop inside a received skb. The verdict program is
 /// handed whole skbs (tcp_read_skb ignores how much of one was already read), so a partly read
 /// skb would reach the upstream twice. A read shorter than its buffer leaves the queue empty,
 /// with no partly read skb; whatever arrives later arrives whole.
-pub async fn drain_partial(client: &TcpStream, upstream: &TcpStream) -> Result<u64, SpliceError> {
+async fn drain_partial(client: &TcpStream, upstream: &TcpStream) -> Result<u64, SpliceError> {
     const BUF: usize = 256 * 1024;
     const ROUNDS: usize = 16;
     let mut moved = 0u64;
@@ -664,9 +678,10 @@ pub async fn drain_partial(client: &TcpStream, upstream: &TcpStream) -> Result<u
     }
     // A client that keeps the queue full this long is better served by the copying path,
     // which is always correct; the bytes so far are already forwarded in order.
-    Err(SpliceError::Unavailable(
-        "the client kept its queue full".into(),
-    ))
+    Err(SpliceError::Unavailable {
+        why: "the client kept its queue full".into(),
+        moved,
+    })
 }
 
 /// The SO_RCVBUF value for an allowance: half of it (the kernel doubles what it is given),

@@ -2,7 +2,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result};
-use astrogate::{config::Config, server::Server};
+use astrogate::{config::Config, runtime::Runtime};
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod dial;
@@ -102,27 +102,36 @@ fn run(path: &std::path::Path) -> Result<()> {
     raise_fd_limit();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        let server = Server::bind(&config)?;
-        for (listener, addr) in server.local_addrs() {
+        let routes = config.routes.routes().len();
+        let data_path = config.gateway.data_path;
+        let gateway = Runtime::start(config)?;
+        for (listener, addr) in gateway.local_addrs() {
             tracing::info!(%listener, %addr, "listening");
         }
+        tracing::info!(routes, %data_path, "astrogate running");
+        serve_until_stopped(&gateway, path).await;
+        let grace = gateway.shutdown_grace();
         tracing::info!(
-            routes = config.routes.routes().len(),
-            data_path = %config.gateway.data_path,
-            "astrogate running"
+            connections = gateway.connections(),
+            grace = ?grace,
+            "stopped accepting; letting connections finish"
         );
-        let kernel = server.kernel().cloned();
-        server.run(shutdown_signal()).await;
-        if let Some(kernel) = kernel {
-            // Every connection has ended here, so any entry left would be a leak.
-            let (socks, targets, peers, stats) = kernel.map_entries();
-            tracing::info!(
-                socks,
-                targets,
-                peers,
-                stats,
-                "kernel path: map entries at exit"
-            );
+        let cut = gateway.shutdown(grace).await;
+        if cut > 0 {
+            tracing::warn!(connections = cut, "grace period over; closing the rest");
+        }
+        if let Some(kernel) = gateway.kernel() {
+            if cut == 0 {
+                // Every connection has ended here, so any entry left would be a leak.
+                let (socks, targets, peers, stats) = kernel.map_entries();
+                tracing::info!(
+                    socks,
+                    targets,
+                    peers,
+                    stats,
+                    "kernel path: map entries at exit"
+                );
+            }
             let counters: Vec<String> = kernel
                 .counters()
                 .into_iter()
@@ -133,6 +142,36 @@ fn run(path: &std::path::Path) -> Result<()> {
         tracing::info!("shutting down");
         Ok(())
     })
+}
+
+/// Serves until SIGTERM or SIGINT, reloading the config file on every SIGHUP. A broken file
+/// is refused with one line naming the file, line and reason; the config in force stays.
+async fn serve_until_stopped(gateway: &Runtime, path: &std::path::Path) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGHUP; reloads are off");
+            None
+        }
+    };
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        let reload = async {
+            match hup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = reload => match gateway.reload(path) {
+                Ok(changes) => tracing::info!(changes = %changes.join("; "), "config reloaded"),
+                Err(e) => tracing::error!("config reload refused, the previous config stays in force: {e}"),
+            },
+        }
+    }
 }
 
 /// A gateway holds two descriptors per connection; the usual soft limit of 1024 would cap it

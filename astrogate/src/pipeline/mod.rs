@@ -1,0 +1,195 @@
+//! One client connection, stage by stage:
+//! accept → admit → preamble → sniff → route → connect → forward → record.
+//!
+//! `accept` is the runtime's listener loop; it hands each connection here with the config
+//! snapshot that was current when it was accepted, and the connection keeps that snapshot to
+//! its end. Each later stage is a module.
+mod admit;
+pub mod connect;
+mod forward;
+mod preamble;
+pub mod record;
+mod refuse;
+mod route;
+mod sniff;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use tokio::net::TcpStream;
+
+use crate::{
+    access_log::{AccessRecord, Outcome},
+    config::{GatewaySettings, ListenerConfig},
+    forward::{kernel::KernelPath, userspace::reset_on_close, userspace::write_all},
+    reply::{self, Refusal},
+    route::RouteTable,
+    sniff::{dial::DialStatus, Detected},
+};
+use connect::ConnectError;
+use refuse::{close_gracefully, refuse};
+use route::Plan;
+use sniff::SniffError;
+
+/// The parts of the config a connection reads. Immutable: a reload swaps in a new one, and
+/// connections already accepted keep the one they started with.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub settings: GatewaySettings,
+    pub routes: RouteTable,
+}
+
+/// What outlives a config and every stage may use: the loaded kernel path.
+#[derive(Clone)]
+pub struct Shared {
+    pub kernel: Option<Arc<KernelPath>>,
+}
+
+/// Handles a connection to the end and returns its access record.
+pub async fn handle(
+    snapshot: Arc<Snapshot>,
+    shared: Shared,
+    listener: Arc<ListenerConfig>,
+    client: TcpStream,
+    peer: SocketAddr,
+) -> AccessRecord {
+    let mut rec = AccessRecord::new(peer, Arc::from(listener.name.as_str()));
+    rec.raw = listener.to.is_some();
+    rec.outcome = serve(&snapshot, &shared, &listener, &client, &mut rec).await;
+    rec
+}
+
+async fn serve(
+    snap: &Snapshot,
+    shared: &Shared,
+    listener: &ListenerConfig,
+    client: &TcpStream,
+    rec: &mut AccessRecord,
+) -> Outcome {
+    let _ = client.set_nodelay(true);
+    let local_port = match client.local_addr() {
+        Ok(a) => a.port(),
+        Err(e) => return fail(rec, Outcome::Error, e),
+    };
+    if let Err(refusal) = admit::admit(snap, listener, rec.client) {
+        refuse(client, None, refusal).await;
+        return Outcome::Error;
+    }
+    preamble::read(client);
+
+    let mut buf = Vec::new();
+    let (detected, plan) = match &listener.to {
+        // A raw listener forwards everything to its one target, unsniffed.
+        Some(to) => (
+            None,
+            Some(Plan::Connect {
+                target: to.clone(),
+                default_port: local_port,
+            }),
+        ),
+        None => {
+            let detected =
+                match sniff::sniff(client, &listener.protocols, &snap.settings, &mut buf).await {
+                    Ok(d) => d,
+                    Err(SniffError::Malformed(protocol, why)) => {
+                        rec.protocol = Some(protocol);
+                        rec.detail = Some(why.to_string());
+                        refuse(client, Some(protocol), Refusal::Malformed).await;
+                        return Outcome::Malformed;
+                    }
+                    Err(e) => {
+                        rec.detail = Some(e.to_string());
+                        close_gracefully(client).await;
+                        return e.outcome();
+                    }
+                };
+            rec.protocol = detected.as_ref().map(Detected::protocol);
+            rec.host = detected.as_ref().and_then(Detected::host).cloned();
+            let plan = route::plan(detected.as_ref(), listener, &snap.routes, local_port);
+            (detected, plan)
+        }
+    };
+    let (target, default_port) = match plan {
+        None => {
+            refuse(client, rec.protocol, Refusal::NoRoute).await;
+            return if detected.is_some() {
+                Outcome::NoRoute
+            } else {
+                Outcome::Unrecognized
+            };
+        }
+        Some(Plan::Redirect(location)) => {
+            rec.target = Some(location.clone());
+            let _ = write_all(client, &reply::http_redirect(&location)).await;
+            close_gracefully(client).await;
+            return Outcome::AcmeRedirect;
+        }
+        Some(Plan::Connect {
+            target,
+            default_port,
+        }) => (target, default_port),
+    };
+    rec.target = Some(target.to_string());
+
+    let (upstream, addr) =
+        match connect::connect(&target, default_port, snap.settings.connect_timeout).await {
+            Ok(ok) => ok,
+            Err(e) => {
+                let (refusal, outcome) = match e {
+                    ConnectError::Timeout(_) => (Refusal::Timeout, Outcome::UpstreamTimeout),
+                    _ => (Refusal::Unreachable, Outcome::UpstreamUnreachable),
+                };
+                rec.detail = Some(e.to_string());
+                refuse(client, rec.protocol, refusal).await;
+                return outcome;
+            }
+        };
+    rec.upstream = Some(addr);
+
+    // The dial header is the one preamble the gateway consumes; everything else is replayed
+    // exactly as the client sent it.
+    let mut replay = &buf[..];
+    if let Some(Detected::Dial(req)) = &detected {
+        replay = buf.get(req.header_len..).unwrap_or_default();
+        if let Err(e) = write_all(client, DialStatus::Connected.reply_line()).await {
+            return fail(rec, Outcome::ClientReset, e);
+        }
+    }
+    if let Err(e) = write_all(&upstream, replay).await {
+        reset_on_close(client);
+        return fail(rec, Outcome::UpstreamReset, e);
+    }
+    rec.up_bytes = replay.len() as u64;
+
+    let done = match forward::forward(
+        listener.data_path,
+        rec.protocol,
+        buf.len() as u64,
+        snap,
+        shared,
+        client,
+        &upstream,
+    )
+    .await
+    {
+        Ok(done) => done,
+        Err(e) => {
+            reset_on_close(client);
+            reset_on_close(&upstream);
+            return fail(rec, Outcome::Error, std::io::Error::other(e.to_string()));
+        }
+    };
+    rec.path = Some(done.path);
+    rec.up_bytes += done.up_bytes;
+    rec.down_bytes = done.down_bytes;
+    rec.copied_bytes += done.copied_bytes;
+    let outcome = Outcome::of(&done);
+    if outcome != Outcome::Ok {
+        rec.detail = Some(format!("up: {:?}, down: {:?}", done.up_end, done.down_end));
+    }
+    outcome
+}
+
+fn fail(rec: &mut AccessRecord, outcome: Outcome, e: std::io::Error) -> Outcome {
+    rec.detail = Some(e.to_string());
+    outcome
+}

@@ -1,0 +1,43 @@
+//! The route stage: where a sniffed connection goes.
+use crate::{
+    config::{ListenerConfig, Target},
+    route::{AcmeAction, RouteTable},
+    sniff::Detected,
+};
+
+pub enum Plan {
+    Connect { target: Target, default_port: u16 },
+    Redirect(String),
+}
+
+/// Decides where a sniffed connection goes. `None` means nowhere: no route and no default.
+pub fn plan(
+    detected: Option<&Detected>,
+    listener: &ListenerConfig,
+    routes: &RouteTable,
+    local_port: u16,
+) -> Option<Plan> {
+    let default_port = match detected {
+        Some(Detected::Dial(req)) => req.port,
+        _ => local_port,
+    };
+    let connect = |target: &Target| Plan::Connect {
+        target: target.clone(),
+        default_port,
+    };
+    let route = detected
+        .and_then(Detected::host)
+        .and_then(|host| routes.lookup(host, &listener.name));
+    match (detected, route) {
+        (Some(Detected::Acme(challenge)), Some(route)) => Some(match &route.acme {
+            Some(AcmeAction::Proxy(target)) => connect(target),
+            Some(AcmeAction::Redirect(base)) => Plan::Redirect(format!("{base}{}", challenge.path)),
+            None => connect(&route.to),
+        }),
+        (_, Some(route)) => Some(connect(&route.to)),
+        // A dial names its destination explicitly; sending it to a default would connect the
+        // client somewhere it did not ask for.
+        (Some(Detected::Dial(_)), None) => None,
+        (_, None) => listener.default.as_ref().map(connect),
+    }
+}

@@ -1,0 +1,116 @@
+//! Listening sockets and their accept loops (the accept stage).
+use std::{io, net::SocketAddr, os::fd::AsRawFd, sync::Arc, time::Duration};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use socket2::{Domain, Socket, Type};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::task::TaskTracker;
+
+use crate::{
+    config::ListenerConfig,
+    forward::{kernel::KernelPath, sockopt::save_syn},
+    pipeline::{self, record, Shared, Snapshot},
+};
+
+/// Listen backlog: generous so bursts of new connections queue rather than fail.
+const BACKLOG: i32 = 4096;
+
+/// One bound address and the loop accepting on it. The listener config it serves is swapped
+/// on reload; the socket is kept, so a reload refuses no connection attempt.
+pub struct Bound {
+    pub listener: Arc<ArcSwap<ListenerConfig>>,
+    pub local: SocketAddr,
+    socket: std::os::fd::RawFd,
+    task: JoinHandle<()>,
+}
+
+impl Bound {
+    /// Points this address at `listener` (after a reload).
+    pub fn serve(&self, listener: ListenerConfig) {
+        if listener.data_path.wants_kernel() {
+            let _ = save_syn(self.socket);
+        }
+        self.listener.store(Arc::new(listener));
+    }
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        // Dropping the accept loop closes its socket; established connections are their own
+        // tasks and carry on.
+        self.task.abort();
+    }
+}
+
+/// What every accept loop hands to the connections it accepts.
+#[derive(Clone)]
+pub struct Context {
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub kernel: Arc<ArcSwapOption<KernelPath>>,
+    pub tracker: TaskTracker,
+}
+
+/// Binds `addr` for `listener` and starts accepting on it.
+pub fn bind(addr: SocketAddr, listener: ListenerConfig, ctx: Context) -> io::Result<Bound> {
+    let socket = bind_one(addr, listener.data_path.wants_kernel())?;
+    let local = socket.local_addr()?;
+    let fd = socket.as_raw_fd();
+    let listener = Arc::new(ArcSwap::from_pointee(listener));
+    let task = tokio::spawn(accept_loop(socket, listener.clone(), ctx));
+    Ok(Bound {
+        listener,
+        local,
+        socket: fd,
+        task,
+    })
+}
+
+/// Binds one listening socket. `kernel_path` listeners save each connection's SYN: the kernel
+/// path needs the client's initial sequence number (see `forward::kernel`).
+fn bind_one(addr: SocketAddr, kernel_path: bool) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    // Binding a specific address that is not configured yet (the Yggdrasil node creates its
+    // 200::/7 address after it starts) is allowed, so the gateway does not depend on start
+    // order; connections arrive once the address exists.
+    if addr.is_ipv6() {
+        // `0.0.0.0:443` and `[::]:443` are both allowed in one listener, so the IPv6 socket
+        // must not also claim IPv4.
+        socket.set_only_v6(true)?;
+        socket.set_freebind_ipv6(true)?;
+    } else {
+        socket.set_freebind(true)?;
+    }
+    if kernel_path {
+        save_syn(socket.as_raw_fd())?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn accept_loop(socket: TcpListener, listener: Arc<ArcSwap<ListenerConfig>>, ctx: Context) {
+    loop {
+        match socket.accept().await {
+            Ok((stream, peer)) => {
+                // The connection keeps the config that was current when it arrived.
+                let snapshot = ctx.snapshot.load_full();
+                let shared = Shared {
+                    kernel: ctx.kernel.load_full(),
+                };
+                let listener = listener.load_full();
+                ctx.tracker.spawn(async move {
+                    let rec = pipeline::handle(snapshot, shared, listener, stream, peer).await;
+                    record::record(&rec);
+                });
+            }
+            Err(e) => {
+                // Out of descriptors or memory: back off instead of spinning, keep serving.
+                let name = listener.load().name.clone();
+                tracing::warn!(listener = %name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

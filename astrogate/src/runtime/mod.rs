@@ -1,0 +1,253 @@
+//! What outlives a config: the listening sockets, the kernel path and the connections in
+//! flight. The config itself is an immutable snapshot that `reload` swaps whole.
+mod listeners;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use tokio_util::task::TaskTracker;
+
+use crate::{
+    config::{Config, ConfigError, DataPath, ListenerConfig},
+    forward::kernel::{KernelLimits, KernelPath, StartError},
+    pipeline::Snapshot,
+};
+use listeners::{Bound, Context};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("data_path = \"kernel\", but the kernel path cannot start: {0}")]
+    Kernel(StartError),
+    #[error("listener `{listener}`: cannot bind {addr}: {source}")]
+    Bind {
+        listener: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Serve(#[from] ServeError),
+}
+
+/// The running gateway.
+pub struct Runtime {
+    ctx: Context,
+    /// Bound sockets by the address the config names (kept across reloads).
+    bound: Mutex<HashMap<SocketAddr, Bound>>,
+    /// The config in force, for reloads to compare against.
+    config: Mutex<Config>,
+}
+
+impl Runtime {
+    /// Binds every listener of `config` and starts accepting. Binding happens before anything
+    /// is served, so a config that cannot be fully bound never runs half-configured. Must be
+    /// called inside a Tokio runtime.
+    pub fn start(config: Config) -> Result<Runtime, ServeError> {
+        let ctx = Context {
+            snapshot: Arc::new(ArcSwap::from_pointee(snapshot_of(&config))),
+            kernel: Arc::new(ArcSwapOption::empty()),
+            tracker: TaskTracker::new(),
+        };
+        if let Some(kernel) = start_kernel(&config, None)? {
+            ctx.kernel.store(Some(kernel));
+        }
+        let bound = bind_new(&config, &HashMap::new(), &ctx)?;
+        Ok(Runtime {
+            ctx,
+            bound: Mutex::new(bound),
+            config: Mutex::new(config),
+        })
+    }
+
+    /// The kernel path, when this gateway forwards through it.
+    pub fn kernel(&self) -> Option<Arc<KernelPath>> {
+        self.ctx.kernel.load_full()
+    }
+
+    /// The bound addresses, by listener name (ports resolved when the config asked for 0).
+    pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
+        let bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());
+        let mut addrs: Vec<_> = bound
+            .values()
+            .map(|b| (b.listener.load().name.clone(), b.local))
+            .collect();
+        addrs.sort();
+        addrs
+    }
+
+    /// Reads `path` again and, if it is valid as a whole and every new address binds, puts it
+    /// in force: new connections use it at once, listeners that are new start accepting,
+    /// removed ones stop, and unchanged addresses keep their sockets. Connections already
+    /// accepted carry on with the config they started with. On any error nothing changes.
+    pub fn reload(&self, path: &Path) -> Result<Vec<String>, ReloadError> {
+        let config = Config::load(path)?;
+        let mut bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        let kernel = start_kernel(&config, self.ctx.kernel.load_full())?;
+        let mut fresh = bind_new(&config, &bound, &self.ctx)?;
+        let changes = describe_changes(&current, &config);
+        // From here nothing can fail.
+        if let Some(kernel) = kernel {
+            self.ctx.kernel.store(Some(kernel));
+        }
+        self.ctx.snapshot.store(Arc::new(snapshot_of(&config)));
+        let wanted = addresses(&config);
+        bound.retain(|addr, _| wanted.contains_key(addr));
+        for (addr, listener) in wanted {
+            if let Some(b) = bound.get(&addr) {
+                b.serve(listener.clone());
+            }
+        }
+        bound.extend(fresh.drain());
+        *current = config;
+        Ok(changes)
+    }
+
+    /// Stops accepting, lets connections in flight finish for up to `grace`, and returns how
+    /// many were still open when it ran out.
+    pub async fn shutdown(&self, grace: Duration) -> usize {
+        self.bound.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.ctx.tracker.close();
+        if tokio::time::timeout(grace, self.ctx.tracker.wait())
+            .await
+            .is_ok()
+        {
+            0
+        } else {
+            self.ctx.tracker.len()
+        }
+    }
+
+    /// The grace period of the config in force.
+    pub fn shutdown_grace(&self) -> Duration {
+        self.config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .gateway
+            .shutdown_grace
+    }
+
+    /// Connections in flight.
+    pub fn connections(&self) -> usize {
+        self.ctx.tracker.len()
+    }
+}
+
+fn snapshot_of(config: &Config) -> Snapshot {
+    Snapshot {
+        settings: config.gateway.clone(),
+        routes: config.routes.clone(),
+    }
+}
+
+/// Every address the config binds, with its listener.
+fn addresses(config: &Config) -> BTreeMap<SocketAddr, ListenerConfig> {
+    config
+        .listeners
+        .iter()
+        .flat_map(|l| l.bind.iter().map(move |a| (*a, l.clone())))
+        .collect()
+}
+
+/// Binds the config's addresses that are not bound yet. All or nothing: a failure drops what
+/// this call bound.
+fn bind_new(
+    config: &Config,
+    bound: &HashMap<SocketAddr, Bound>,
+    ctx: &Context,
+) -> Result<HashMap<SocketAddr, Bound>, ServeError> {
+    let mut fresh = HashMap::new();
+    for (addr, listener) in addresses(config) {
+        if bound.contains_key(&addr) {
+            continue;
+        }
+        let name = listener.name.clone();
+        let b =
+            listeners::bind(addr, listener, ctx.clone()).map_err(|source| ServeError::Bind {
+                listener: name,
+                addr,
+                source,
+            })?;
+        fresh.insert(addr, b);
+    }
+    Ok(fresh)
+}
+
+/// Starts the kernel path when a listener may use it and it is not running yet. A listener
+/// that requires it makes the config fail without it; `auto` listeners fall back with one
+/// warning. The kernel path outlives configs: a reload never stops it.
+fn start_kernel(
+    config: &Config,
+    running: Option<Arc<KernelPath>>,
+) -> Result<Option<Arc<KernelPath>>, ServeError> {
+    let paths = || config.listeners.iter().map(|l| l.data_path);
+    if running.is_some() || !paths().any(DataPath::wants_kernel) {
+        return Ok(None);
+    }
+    let limits = KernelLimits {
+        max_backlog: config.gateway.kernel_max_backlog,
+        max_backlog_total: config.gateway.kernel_max_backlog_total,
+    };
+    match KernelPath::start(limits) {
+        Ok(kernel) => Ok(Some(kernel)),
+        Err(e) if paths().any(|p| p == DataPath::Kernel) => Err(ServeError::Kernel(e)),
+        Err(e) => {
+            tracing::warn!(error = %e, "kernel path unavailable; connections that would take it use splice(2) instead");
+            Ok(None)
+        }
+    }
+}
+
+/// One line per change a reload makes, for the log.
+fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let names = |c: &Config| -> BTreeMap<String, ListenerConfig> {
+        c.listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.clone()))
+            .collect()
+    };
+    let (before, after) = (names(old), names(new));
+    for (name, l) in &after {
+        match before.get(name) {
+            None => out.push(format!("listener {name} added ({})", binds(l))),
+            Some(was) if was != l => out.push(format!("listener {name} changed")),
+            Some(_) => {}
+        }
+    }
+    for (name, l) in &before {
+        if !after.contains_key(name) {
+            out.push(format!("listener {name} removed ({})", binds(l)));
+        }
+    }
+    let (r0, r1) = (old.routes.routes().len(), new.routes.routes().len());
+    if r0 != r1 || format!("{:?}", old.routes) != format!("{:?}", new.routes) {
+        out.push(format!("routes: {r0} before, {r1} now"));
+    }
+    if old.gateway != new.gateway {
+        out.push("gateway settings changed".into());
+    }
+    if out.is_empty() {
+        out.push("nothing changed".into());
+    }
+    out
+}
+
+fn binds(l: &ListenerConfig) -> String {
+    l.bind
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
