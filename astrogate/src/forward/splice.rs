@@ -59,7 +59,7 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
-pub(super) async fn pump(
+pub(crate) async fn pump(
     src: &TcpStream,
     dst: &TcpStream,
     pipe_size: usize,
