@@ -1,4 +1,5 @@
 //! Every map the programs use, declared in one place so names and sizes match the loader.
+//! (aya-log-ebpf declares its own ring, AYA_LOGS, for the rare events the programs log.)
 use astrogate_common::{PeerEntry, SockCookie, SockStats, COUNTER_COUNT};
 use aya_ebpf::{
     macros::map,
@@ -25,11 +26,13 @@ pub static TARGETS: SockHash<SockCookie> = SockHash::with_max_entries(MAX_SOCKET
 
 /// For each socket in `SOCKS`, where its input goes and its backlog limit. User space writes it.
 #[map(name = "PEERS")]
-pub static PEERS: HashMap<SockCookie, PeerEntry> = HashMap::with_max_entries(MAX_SOCKETS, NO_PREALLOC);
+pub static PEERS: HashMap<SockCookie, PeerEntry> =
+    HashMap::with_max_entries(MAX_SOCKETS, NO_PREALLOC);
 
 /// Per-socket byte counts. Only the verdict program writes them.
 #[map(name = "STATS")]
-pub static STATS: HashMap<SockCookie, SockStats> = HashMap::with_max_entries(MAX_SOCKETS, NO_PREALLOC);
+pub static STATS: HashMap<SockCookie, SockStats> =
+    HashMap::with_max_entries(MAX_SOCKETS, NO_PREALLOC);
 
 /// Over-limit notices for user space, which raises the limit while the destination drains.
 #[map(name = "EVENTS")]

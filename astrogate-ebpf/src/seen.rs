@@ -8,6 +8,7 @@
 //! start of the kernel's `skb->cb`, where TCP keeps the segment's `seq` and `end_seq`.
 use astrogate_common::{Counter, PeerEntry, SockStats, PEER_FLAG_START_SEQ};
 use aya_ebpf::programs::SkBuffContext;
+use aya_log_ebpf::{error, warn};
 
 use crate::counters::count;
 
@@ -45,7 +46,13 @@ pub fn cut_seen(ctx: &SkBuffContext, stats: &mut SockStats, entry: &PeerEntry, l
         stats.next_seq = end;
     }
     if seen < 0 {
+        // A hole: TCP delivers in order, so this would be a bug of ours (or of the kernel's).
         count(Counter::Gaps, 1);
+        warn!(
+            ctx,
+            "a segment starts {} bytes past the next unseen byte",
+            -(seen as i64)
+        );
         return Unseen::Bytes(len);
     }
     if seen == 0 {
@@ -56,6 +63,10 @@ pub fn cut_seen(ctx: &SkBuffContext, stats: &mut SockStats, entry: &PeerEntry, l
     count(Counter::OverlapBytes, u64::from(cut));
     if !trim_head(ctx, cut) {
         stats.faults += 1;
+        error!(
+            ctx,
+            "could not trim {} repeated bytes off a segment: dropped, pair reset", cut
+        );
         return Unseen::Fault;
     }
     stats.trimmed += u64::from(cut);

@@ -63,6 +63,14 @@ impl SpliceMaps {
 /// The loaded programs. Dropping it detaches them and frees the maps that nothing else holds.
 pub struct Kernel {
     _ebpf: Ebpf,
+    logs: Option<aya_log::EbpfLogger<super::logs::TracingLog>>,
+}
+
+impl Kernel {
+    /// The reader of the programs' log ring, once.
+    pub fn take_logs(&mut self) -> Option<aya_log::EbpfLogger<super::logs::TracingLog>> {
+        self.logs.take()
+    }
 }
 
 impl Kernel {
@@ -100,7 +108,14 @@ impl Kernel {
             stats,
             counters,
         };
-        Ok((Kernel { _ebpf: ebpf }, maps, events))
+        let logs = match aya_log::EbpfLogger::init_with_logger(&mut ebpf, super::logs::TracingLog) {
+            Ok(logs) => Some(logs),
+            Err(e) => {
+                tracing::warn!(error = %e, "the eBPF programs' log is not available");
+                None
+            }
+        };
+        Ok((Kernel { _ebpf: ebpf, logs }, maps, events))
     }
 }
 

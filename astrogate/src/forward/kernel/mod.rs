@@ -112,7 +112,10 @@ impl KernelPath {
     /// Loads the programs and starts the task that reads over-limit events. Must be called
     /// inside a Tokio runtime.
     pub fn start(limits: KernelLimits) -> Result<Arc<KernelPath>, StartError> {
-        let (kernel, maps, events) = Kernel::load()?;
+        let (mut kernel, maps, events) = Kernel::load()?;
+        if let Some(logs) = kernel.take_logs() {
+            tokio::spawn(crate::ebpf::logs::forward(logs));
+        }
         let path = Arc::new(KernelPath {
             registry: Mutex::new(Registry {
                 maps,
