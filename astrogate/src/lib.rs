@@ -9,3 +9,4 @@ pub mod route;
 pub mod runtime;
 pub mod sniff;
 pub mod target;
+pub mod tunnel;

@@ -14,6 +14,8 @@ pub enum TargetHost {
     /// Resolved through the system resolver at connect time, so DNS changes apply without a
     /// restart.
     Name(Hostname),
+    /// A `[[tunnel]]` by name: the connection is opened by that tunnel's client, on its host.
+    Tunnel(String),
 }
 
 /// A route or listener target: `[v6]:port`, `v4:port` or `name:port`; with no port, the port
@@ -29,7 +31,7 @@ impl Target {
     pub fn socket_addr(&self, default_port: u16) -> Option<SocketAddr> {
         match self.host {
             TargetHost::Ip(ip) => Some(SocketAddr::new(ip, self.port.unwrap_or(default_port))),
-            TargetHost::Name(_) => None,
+            TargetHost::Name(_) | TargetHost::Tunnel(_) => None,
         }
     }
 }
@@ -40,6 +42,19 @@ impl FromStr for Target {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s.is_empty() {
             return Err("empty target");
+        }
+        if let Some(rest) = s.strip_prefix("tunnel:") {
+            let (name, port) = match rest.split_once(':') {
+                Some((n, p)) => (n, Some(parse_port(p)?)),
+                None => (rest, None),
+            };
+            if !valid_tunnel_name(name) {
+                return Err("a tunnel target is \"tunnel:NAME\" or \"tunnel:NAME:PORT\"; NAME uses letters, digits, `-`, `_` or `.`");
+            }
+            return Ok(Target {
+                host: TargetHost::Tunnel(name.to_string()),
+                port,
+            });
         }
         if let Some(rest) = s.strip_prefix('[') {
             let (ip, after) = rest
@@ -74,6 +89,15 @@ impl FromStr for Target {
     }
 }
 
+/// A `[[tunnel]]` name: what a `tunnel:NAME` target may say.
+pub fn valid_tunnel_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
 fn parse_port(p: &str) -> Result<u16, &'static str> {
     match p.parse::<u16>() {
         Ok(0) | Err(_) => Err("port must be 1-65535"),
@@ -87,6 +111,7 @@ impl fmt::Display for Target {
             TargetHost::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]")?,
             TargetHost::Ip(IpAddr::V4(ip)) => write!(f, "{ip}")?,
             TargetHost::Name(name) => write!(f, "{name}")?,
+            TargetHost::Tunnel(name) => write!(f, "tunnel:{name}")?,
         }
         match self.port {
             Some(port) => write!(f, ":{port}"),
@@ -108,6 +133,8 @@ mod tests {
             ("10.0.0.1", "10.0.0.1"),
             ("Backend.Example.:8443", "backend.example:8443"),
             ("backend", "backend"),
+            ("tunnel:alpha:8080", "tunnel:alpha:8080"),
+            ("tunnel:alpha", "tunnel:alpha"),
         ] {
             let t: Target = input.parse().unwrap_or_else(|e| panic!("{input}: {e}"));
             assert_eq!(t.to_string(), shown);
@@ -126,6 +153,11 @@ mod tests {
             "host:65536",
             "host:",
             "bad host:80",
+            "tunnel:",
+            "tunnel::80",
+            "tunnel:al pha",
+            "tunnel:alpha:0",
+            "tunnel:alpha:80:1",
         ] {
             assert!(bad.parse::<Target>().is_err(), "{bad}");
         }

@@ -1,22 +1,109 @@
-//! The Astrogate tunnel client. Tunnel mode (a TUN interface on the service host where proxied
-//! connections appear from their original internet addresses) arrives with the tunnel issue;
-//! until then this binary only explains that.
-use std::process::ExitCode;
+//! The Astrogate tunnel client: serves a host's TCP services through an Astrogate gateway, so
+//! each connection arrives from the internet client's own address and port.
+use std::{path::PathBuf, process::ExitCode};
 
-use clap::Parser;
+use anyhow::{Context, Result};
+use astrogate::tunnel::{
+    client::{self, ClientConfig},
+    keys,
+};
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
     name = "astrogate-tunnel",
     version,
-    about = "Astrogate tunnel client: expose a service host's TUN interface to an Astrogate gateway",
-    long_about = "Tunnel mode is not implemented yet. Run the gateway with `astrogate run` and \
-        route hostnames to the service's Yggdrasil address instead."
+    about = "Astrogate tunnel client: serve this host's TCP services through an Astrogate gateway",
+    long_about = "The client dials out to the gateway (so it works behind NAT, over Yggdrasil or \
+        any IP), and each connection the gateway routes to its tunnel arrives at this host's \
+        services on a TUN interface, from the internet client's real address and port.\n\n\
+        Start with `astrogate-tunnel keygen --out /etc/astrogate/tunnel.key`, list the printed \
+        public key in the gateway's [[tunnel]], then `astrogate-tunnel run --config FILE` as root."
 )]
-struct Cli {}
+struct Cli {
+    /// Log filter, e.g. `info` or `astrogate=debug` (RUST_LOG overrides it).
+    #[arg(long, default_value = "info", global = true)]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a new private key to FILE (mode 0600) and print its public key on stdout.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the public key of a private key file.
+    Pubkey {
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Run the client in the foreground (root) until SIGINT or SIGTERM, which remove the TUN
+    /// and the rules it installed.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
 
 fn main() -> ExitCode {
-    let _ = Cli::parse();
-    eprintln!("astrogate-tunnel: tunnel mode is not implemented yet; see `astrogate --help`");
-    ExitCode::FAILURE
+    let cli = Cli::parse();
+    init_logging(&cli.log_level);
+    let result = match cli.command {
+        Command::Keygen { out } => keygen(&out),
+        Command::Pubkey { key } => keys::read_private(&key)
+            .map(|k| println!("{}", keys::encode(&keys::public_of(&k))))
+            .map_err(Into::into),
+        Command::Run { config } => run(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("astrogate-tunnel: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn keygen(out: &std::path::Path) -> Result<()> {
+    let (private, public) = keys::generate()?;
+    keys::write_private(out, &private)?;
+    println!("{}", keys::encode(&public));
+    Ok(())
+}
+
+fn run(path: &std::path::Path) -> Result<()> {
+    let config = ClientConfig::load(path)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        client::run(config, stop_signal()).await?;
+        Ok(())
+    })
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn init_logging(level: &str) {
+    use tracing_subscriber::{fmt, EnvFilter};
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

@@ -6,6 +6,7 @@ mod describe;
 pub mod duration;
 mod raw;
 pub mod size;
+mod tunnels;
 
 use std::{
     collections::HashSet,
@@ -25,6 +26,7 @@ use crate::{
 };
 pub use describe::describe;
 pub use raw::RawConfig;
+pub use tunnels::{TunnelsConfig, DEFAULT_HEARTBEAT};
 
 /// Default for `gateway.sniff_timeout`: how long a client has to name a host.
 pub const DEFAULT_SNIFF_TIMEOUT: Duration = Duration::from_secs(5);
@@ -130,6 +132,8 @@ pub struct Config {
     pub gateway: GatewaySettings,
     pub listeners: Vec<ListenerConfig>,
     pub routes: RouteTable,
+    /// `[tunnels]` with its `[[tunnel]]` clients, when this gateway serves tunnels.
+    pub tunnels: Option<TunnelsConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,13 +175,18 @@ impl Config {
 }
 
 /// Turns byte spans into `file:line:column` errors.
-struct Locator<'a> {
-    file: &'a Path,
-    text: &'a str,
+pub(crate) struct Locator<'a> {
+    pub(crate) file: &'a Path,
+    pub(crate) text: &'a str,
 }
 
 impl Locator<'_> {
-    fn error(&self, span: Range<usize>, key: &str, reason: impl fmt::Display) -> ConfigError {
+    pub(crate) fn error(
+        &self,
+        span: Range<usize>,
+        key: &str,
+        reason: impl fmt::Display,
+    ) -> ConfigError {
         let before = self.text.get(..span.start).unwrap_or(self.text);
         let line = before.matches('\n').count() + 1;
         let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
@@ -190,7 +199,12 @@ impl Locator<'_> {
         }
     }
 
-    fn at<T>(&self, value: &Spanned<T>, key: &str, reason: impl fmt::Display) -> ConfigError {
+    pub(crate) fn at<T>(
+        &self,
+        value: &Spanned<T>,
+        key: &str,
+        reason: impl fmt::Display,
+    ) -> ConfigError {
         self.error(value.span(), key, reason)
     }
 }
@@ -229,11 +243,13 @@ fn validate(path: &Path, raw: RawConfig, at: &Locator<'_>) -> Result<Config, Con
             )
         })?;
     }
+    let tunnels = tunnels::validate(&raw, path, at)?;
     Ok(Config {
         source: path.to_path_buf(),
         gateway,
         listeners,
         routes,
+        tunnels,
     })
 }
 

@@ -12,6 +12,26 @@ pub struct RawConfig {
     pub listener: Vec<Spanned<RawListener>>,
     #[serde(default)]
     pub route: Vec<Spanned<RawRoute>>,
+    pub tunnels: Option<Spanned<RawTunnels>>,
+    #[serde(default)]
+    pub tunnel: Vec<Spanned<RawTunnel>>,
+}
+
+/// `[tunnels]`: where tunnel clients connect, and the gateway's own key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTunnels {
+    pub bind: Spanned<Vec<Spanned<String>>>,
+    pub key: Spanned<String>,
+    pub heartbeat: Option<Spanned<String>>,
+}
+
+/// `[[tunnel]]`: one tunnel client the gateway accepts, by its public key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTunnel {
+    pub name: Spanned<String>,
+    pub key: Spanned<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -3,7 +3,10 @@ use std::{io, net::SocketAddr, time::Duration};
 
 use tokio::{net::TcpStream, time::Instant};
 
-use crate::config::{Target, TargetHost};
+use crate::{
+    config::{Target, TargetHost},
+    tunnel::hub::{Hub, OpenError},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -15,10 +18,48 @@ pub enum ConnectError {
     Timeout(Duration),
     #[error("{addr}: {source}")]
     Refused { addr: SocketAddr, source: io::Error },
+    #[error("{0}")]
+    Tunnel(OpenError),
 }
 
-/// Connects to `target`, trying each resolved address in order within one overall `timeout`.
-/// `default_port` applies when the target names none.
+impl ConnectError {
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            ConnectError::Timeout(_) | ConnectError::Tunnel(OpenError::Timeout(_))
+        )
+    }
+}
+
+/// Connects to `target` for `client`: through its tunnel client for a `tunnel:NAME` target
+/// (the connection then comes from `client`'s address on the service host), directly
+/// otherwise. Returns the stream and the address it reaches.
+pub async fn open(
+    target: &Target,
+    default_port: u16,
+    timeout: Duration,
+    tunnels: &Hub,
+    client: SocketAddr,
+) -> Result<(TcpStream, SocketAddr), ConnectError> {
+    let TargetHost::Tunnel(name) = &target.host else {
+        return connect(target, default_port, timeout).await;
+    };
+    let port = target.port.unwrap_or(default_port);
+    let stream = tunnels
+        .open(name, client, port, timeout)
+        .await
+        .map_err(ConnectError::Tunnel)?;
+    let addr = stream.peer_addr().map_err(|source| {
+        ConnectError::Tunnel(OpenError::Io {
+            tunnel: name.clone(),
+            source,
+        })
+    })?;
+    Ok((stream, addr))
+}
+
+/// Connects to an address or name `target` within one overall `timeout` (Happy Eyeballs over
+/// its addresses). `default_port` applies when the target names none.
 pub async fn connect(
     target: &Target,
     default_port: u16,
@@ -28,6 +69,8 @@ pub async fn connect(
     let port = target.port.unwrap_or(default_port);
     let addrs: Vec<SocketAddr> = match &target.host {
         TargetHost::Ip(ip) => vec![SocketAddr::new(*ip, port)],
+        // Tunnels are opened by `open`; nothing resolves a tunnel name.
+        TargetHost::Tunnel(_) => Vec::new(),
         TargetHost::Name(name) => {
             let lookup = tokio::net::lookup_host((name.as_str(), port));
             match tokio::time::timeout_at(deadline, lookup).await {

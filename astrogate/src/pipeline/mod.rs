@@ -24,8 +24,9 @@ use crate::{
     reply::{self, Refusal},
     route::RouteTable,
     sniff::{dial::DialStatus, Detected},
+    target::TargetHost,
+    tunnel::hub::Hub,
 };
-use connect::ConnectError;
 use refuse::{close_gracefully, refuse};
 use route::Plan;
 use sniff::SniffError;
@@ -38,10 +39,12 @@ pub struct Snapshot {
     pub routes: RouteTable,
 }
 
-/// What outlives a config and every stage may use: the loaded kernel path.
+/// What outlives a config and every stage may use: the loaded kernel path and the tunnel
+/// sessions.
 #[derive(Clone)]
 pub struct Shared {
     pub kernel: Option<Arc<KernelPath>>,
+    pub tunnels: Arc<Hub>,
 }
 
 /// Handles a connection to the end and returns its access record.
@@ -130,13 +133,15 @@ async fn serve(
     };
     rec.target = Some(target.to_string());
 
+    let timeout = snap.settings.connect_timeout;
     let (upstream, addr) =
-        match connect::connect(&target, default_port, snap.settings.connect_timeout).await {
+        match connect::open(&target, default_port, timeout, &shared.tunnels, rec.client).await {
             Ok(ok) => ok,
             Err(e) => {
-                let (refusal, outcome) = match e {
-                    ConnectError::Timeout(_) => (Refusal::Timeout, Outcome::UpstreamTimeout),
-                    _ => (Refusal::Unreachable, Outcome::UpstreamUnreachable),
+                let (refusal, outcome) = if e.is_timeout() {
+                    (Refusal::Timeout, Outcome::UpstreamTimeout)
+                } else {
+                    (Refusal::Unreachable, Outcome::UpstreamUnreachable)
                 };
                 rec.detail = Some(e.to_string());
                 refuse(client, rec.protocol, refusal).await;
@@ -164,6 +169,7 @@ async fn serve(
         listener.data_path,
         rec.protocol,
         buf.len() as u64,
+        matches!(target.host, TargetHost::Tunnel(_)),
         snap,
         shared,
         client,

@@ -10,6 +10,7 @@ use crate::{
     config::ListenerConfig,
     forward::{kernel::KernelPath, sockopt::save_syn},
     pipeline::{self, record, Shared, Snapshot},
+    tunnel::hub::Hub,
 };
 
 /// Listen backlog: generous so bursts of new connections queue rather than fail.
@@ -47,6 +48,7 @@ impl Drop for Bound {
 pub struct Context {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub kernel: Arc<ArcSwapOption<KernelPath>>,
+    pub tunnels: Arc<Hub>,
     pub tracker: TaskTracker,
 }
 
@@ -67,7 +69,7 @@ pub fn bind(addr: SocketAddr, listener: ListenerConfig, ctx: Context) -> io::Res
 
 /// Binds one listening socket. `kernel_path` listeners save each connection's SYN: the kernel
 /// path needs the client's initial sequence number (see `forward::kernel`).
-fn bind_one(addr: SocketAddr, kernel_path: bool) -> io::Result<TcpListener> {
+pub(super) fn bind_one(addr: SocketAddr, kernel_path: bool) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     // Binding a specific address that is not configured yet (the Yggdrasil node creates its
@@ -98,6 +100,7 @@ async fn accept_loop(socket: TcpListener, listener: Arc<ArcSwap<ListenerConfig>>
                 let snapshot = ctx.snapshot.load_full();
                 let shared = Shared {
                     kernel: ctx.kernel.load_full(),
+                    tunnels: ctx.tunnels.clone(),
                 };
                 let listener = listener.load_full();
                 ctx.tracker.spawn(async move {
@@ -113,4 +116,39 @@ async fn accept_loop(socket: TcpListener, listener: Arc<ArcSwap<ListenerConfig>>
             }
         }
     }
+}
+
+/// One `[tunnels] bind` address and the loop accepting tunnel clients' connections on it.
+pub struct TunnelBound {
+    pub local: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for TunnelBound {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Binds a `[tunnels] bind` address. Its connections (control sessions and data connections)
+/// are not tracked as client connections: a data connection belongs to the client connection
+/// that asked for it, and a control session lives as long as the gateway.
+pub fn bind_tunnels(addr: SocketAddr, hub: Arc<Hub>) -> io::Result<TunnelBound> {
+    let socket = bind_one(addr, false)?;
+    let local = socket.local_addr()?;
+    let task = tokio::spawn(async move {
+        loop {
+            match socket.accept().await {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(hub.clone().serve_connection(stream, peer));
+                }
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, "tunnel accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    Ok(TunnelBound { local, task })
 }

@@ -17,13 +17,19 @@ use crate::{
     config::{Config, ConfigError, DataPath, ListenerConfig},
     forward::kernel::{KernelLimits, KernelPath, StartError},
     pipeline::Snapshot,
+    tunnel::hub::Hub,
 };
-use listeners::{Bound, Context};
+use listeners::{Bound, Context, TunnelBound};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("data_path = \"kernel\", but the kernel path cannot start: {0}")]
     Kernel(StartError),
+    #[error("tunnels: cannot bind {addr}: {source}")]
+    BindTunnels {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("listener `{listener}`: cannot bind {addr}: {source}")]
     Bind {
         listener: String,
@@ -45,6 +51,8 @@ pub struct Runtime {
     ctx: Context,
     /// Bound sockets by the address the config names (kept across reloads).
     bound: Mutex<HashMap<SocketAddr, Bound>>,
+    /// Bound `[tunnels]` addresses (kept across reloads, like listeners).
+    tunnel_bound: Mutex<HashMap<SocketAddr, TunnelBound>>,
     /// The config in force, for reloads to compare against.
     config: Mutex<Config>,
 }
@@ -57,15 +65,19 @@ impl Runtime {
         let ctx = Context {
             snapshot: Arc::new(ArcSwap::from_pointee(snapshot_of(&config))),
             kernel: Arc::new(ArcSwapOption::empty()),
+            tunnels: Hub::new(),
             tracker: TaskTracker::new(),
         };
         if let Some(kernel) = start_kernel(&config, None)? {
             ctx.kernel.store(Some(kernel));
         }
         let bound = bind_new(&config, &HashMap::new(), &ctx)?;
+        let tunnel_bound = bind_tunnels_new(&config, &HashMap::new(), &ctx.tunnels)?;
+        ctx.tunnels.configure(config.tunnels.clone());
         Ok(Runtime {
             ctx,
             bound: Mutex::new(bound),
+            tunnel_bound: Mutex::new(tunnel_bound),
             config: Mutex::new(config),
         })
     }
@@ -75,13 +87,21 @@ impl Runtime {
         self.ctx.kernel.load_full()
     }
 
-    /// The bound addresses, by listener name (ports resolved when the config asked for 0).
+    /// The tunnel sessions.
+    pub fn tunnels(&self) -> Arc<Hub> {
+        self.ctx.tunnels.clone()
+    }
+
+    /// The bound addresses, by listener name (ports resolved when the config asked for 0);
+    /// `[tunnels] bind` addresses are named `tunnels`.
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
         let bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());
         let mut addrs: Vec<_> = bound
             .values()
             .map(|b| (b.listener.load().name.clone(), b.local))
             .collect();
+        let tunnels = self.tunnel_bound.lock().unwrap_or_else(|e| e.into_inner());
+        addrs.extend(tunnels.values().map(|t| ("tunnels".to_string(), t.local)));
         addrs.sort();
         addrs
     }
@@ -96,6 +116,8 @@ impl Runtime {
         let mut current = self.config.lock().unwrap_or_else(|e| e.into_inner());
         let kernel = start_kernel(&config, self.ctx.kernel.load_full())?;
         let mut fresh = bind_new(&config, &bound, &self.ctx)?;
+        let mut tunnel_bound = self.tunnel_bound.lock().unwrap_or_else(|e| e.into_inner());
+        let mut fresh_tunnels = bind_tunnels_new(&config, &tunnel_bound, &self.ctx.tunnels)?;
         let changes = describe_changes(&current, &config);
         // From here nothing can fail.
         if let Some(kernel) = kernel {
@@ -110,6 +132,10 @@ impl Runtime {
             }
         }
         bound.extend(fresh.drain());
+        let tunnel_addrs = tunnel_addresses(&config);
+        tunnel_bound.retain(|addr, _| tunnel_addrs.contains(addr));
+        tunnel_bound.extend(fresh_tunnels.drain());
+        self.ctx.tunnels.configure(config.tunnels.clone());
         *current = config;
         Ok(changes)
     }
@@ -118,6 +144,10 @@ impl Runtime {
     /// many were still open when it ran out.
     pub async fn shutdown(&self, grace: Duration) -> usize {
         self.bound.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.tunnel_bound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         self.ctx.tracker.close();
         if tokio::time::timeout(grace, self.ctx.tracker.wait())
             .await
@@ -184,6 +214,32 @@ fn bind_new(
     Ok(fresh)
 }
 
+fn tunnel_addresses(config: &Config) -> Vec<SocketAddr> {
+    config
+        .tunnels
+        .as_ref()
+        .map(|t| t.bind.clone())
+        .unwrap_or_default()
+}
+
+/// Binds the `[tunnels]` addresses that are not bound yet; all or nothing, like `bind_new`.
+fn bind_tunnels_new(
+    config: &Config,
+    bound: &HashMap<SocketAddr, TunnelBound>,
+    hub: &Arc<Hub>,
+) -> Result<HashMap<SocketAddr, TunnelBound>, ServeError> {
+    let mut fresh = HashMap::new();
+    for addr in tunnel_addresses(config) {
+        if bound.contains_key(&addr) {
+            continue;
+        }
+        let b = listeners::bind_tunnels(addr, hub.clone())
+            .map_err(|source| ServeError::BindTunnels { addr, source })?;
+        fresh.insert(addr, b);
+    }
+    Ok(fresh)
+}
+
 /// Starts the kernel path when a listener may use it and it is not running yet. A listener
 /// that requires it makes the config fail without it; `auto` listeners fall back with one
 /// warning. The kernel path outlives configs: a reload never stops it.
@@ -237,6 +293,9 @@ fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
     }
     if old.gateway != new.gateway {
         out.push("gateway settings changed".into());
+    }
+    if old.tunnels != new.tunnels {
+        out.push("tunnels changed".into());
     }
     if out.is_empty() {
         out.push("nothing changed".into());

@@ -1,0 +1,444 @@
+//! The userspace TCP/IP stack (smoltcp) on the TUN: where the tunnel client opens each
+//! connection to the service *from the internet client's address and port*.
+//!
+//! Why a userspace stack: the kernel will not let a socket connect from an address it does not
+//! own without IP_TRANSPARENT and policy routing per client address (the route churn this
+//! design exists to avoid). smoltcp with `set_any_ip` sends from any source, and the service's
+//! kernel sees an ordinary connection arriving on the TUN.
+use std::{
+    collections::{HashMap, VecDeque},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use futures_util::FutureExt;
+use smoltcp::{
+    iface::{Config, Interface, SocketHandle, SocketSet},
+    phy::{Device, DeviceCapabilities, Medium},
+    socket::tcp,
+    time::Instant as SmolInstant,
+    wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint},
+};
+use tokio::{
+    sync::{mpsc, oneshot, Notify},
+    time::Instant,
+};
+
+use super::flow::FlowShared;
+use crate::tunnel::wire::DataStatus;
+
+/// The TUN's MTU, and the largest packet either side writes. Large, so bulk transfers cost few
+/// packets; the TUN has no GSO, so the kernel segments to it.
+pub const MTU: usize = 65535;
+/// Each socket's receive and send buffer in the stack.
+const SOCKET_BUFFER: usize = 256 * 1024;
+/// Packets read from the TUN per turn of the loop before the stack runs.
+const BATCH: usize = 64;
+/// A connection whose peer stops acknowledging for this long is dropped.
+const SOCKET_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Asks the stack to connect `client` → `service`.
+pub struct Open {
+    pub client: SocketAddr,
+    pub service: SocketAddr,
+    pub timeout: Duration,
+    pub reply: oneshot::Sender<Result<Arc<FlowShared>, DataStatus>>,
+}
+
+/// The packets the interface reads and writes: the TUN task fills `rx` and empties `tx`.
+struct Queues {
+    rx: VecDeque<Vec<u8>>,
+    tx: VecDeque<Vec<u8>>,
+}
+
+struct RxToken(Vec<u8>);
+struct TxToken<'a>(&'a mut VecDeque<Vec<u8>>);
+
+impl smoltcp::phy::RxToken for RxToken {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl smoltcp::phy::TxToken for TxToken<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut packet = vec![0; len];
+        let r = f(&mut packet);
+        self.0.push_back(packet);
+        r
+    }
+}
+
+impl Device for Queues {
+    type RxToken<'a> = RxToken;
+    type TxToken<'a> = TxToken<'a>;
+
+    fn receive(&mut self, _: SmolInstant) -> Option<(RxToken, TxToken<'_>)> {
+        let packet = self.rx.pop_front()?;
+        Some((RxToken(packet), TxToken(&mut self.tx)))
+    }
+
+    fn transmit(&mut self, _: SmolInstant) -> Option<TxToken<'_>> {
+        Some(TxToken(&mut self.tx))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ip;
+        caps.max_transmission_unit = MTU;
+        caps
+    }
+}
+
+enum Phase {
+    Connecting {
+        reply: oneshot::Sender<Result<Arc<FlowShared>, DataStatus>>,
+        deadline: Instant,
+    },
+    Open,
+}
+
+struct Flow {
+    shared: Arc<FlowShared>,
+    phase: Phase,
+    /// The service sent FIN (seen as a state that follows one).
+    fin_seen: bool,
+    /// The state after this flow's last pump: a socket that is Closed now closed cleanly only
+    /// if it was in LAST-ACK.
+    last_state: tcp::State,
+    fin_sent: bool,
+    /// The end (FIN or reset) has been handed to the data connection.
+    end_passed: bool,
+    tuple: (SocketAddr, SocketAddr),
+}
+
+/// What the tunnel's TC program needs to know as flows come and go.
+pub trait FlowObserver: Send {
+    fn opened(&mut self, client: SocketAddr, service: SocketAddr);
+    fn closed(&mut self, client: SocketAddr, service: SocketAddr);
+}
+
+pub struct Stack<T> {
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    queues: Queues,
+    flows: HashMap<SocketHandle, Flow>,
+    wake: Arc<Notify>,
+    tun: T,
+    observer: Box<dyn FlowObserver>,
+}
+
+/// The TUN as the stack uses it.
+pub trait Tun {
+    fn recv(&self, buf: &mut [u8]) -> impl std::future::Future<Output = std::io::Result<usize>>;
+    fn send(&self, buf: &[u8]) -> impl std::future::Future<Output = std::io::Result<usize>>;
+}
+
+impl Tun for tun::AsyncDevice {
+    async fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        tun::AsyncDevice::recv(self, buf).await
+    }
+    async fn send(&self, buf: &[u8]) -> std::io::Result<usize> {
+        tun::AsyncDevice::send(self, buf).await
+    }
+}
+
+impl<T: Tun> Stack<T> {
+    pub fn new(tun: T, observer: Box<dyn FlowObserver>) -> Stack<T> {
+        let mut queues = Queues {
+            rx: VecDeque::new(),
+            tx: VecDeque::new(),
+        };
+        let mut config = Config::new(HardwareAddress::Ip);
+        config.random_seed = rand::random();
+        let mut iface = Interface::new(config, &mut queues, SmolInstant::now());
+        iface.set_any_ip(true);
+        // The stack's own addresses are placeholders (RFC 7335's 192.0.0.8 and a documentation
+        // address): every connection names its source explicitly, and the default routes only
+        // tell smoltcp that every destination is reachable through the TUN.
+        let (v4, v6) = (
+            Ipv4Addr::new(192, 0, 0, 8),
+            Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 8),
+        );
+        iface.update_ip_addrs(|addrs| {
+            let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(v4), 32));
+            let _ = addrs.push(IpCidr::new(IpAddress::Ipv6(v6), 128));
+        });
+        let _ = iface.routes_mut().add_default_ipv4_route(v4);
+        let _ = iface.routes_mut().add_default_ipv6_route(v6);
+        Stack {
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            queues,
+            flows: HashMap::new(),
+            wake: Arc::new(Notify::new()),
+            tun,
+            observer,
+        }
+    }
+
+    /// Flows open now (for tests and the cleanup check).
+    pub fn flows(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Runs the stack until `opens` closes or the TUN fails.
+    pub async fn run(mut self, mut opens: mpsc::Receiver<Open>) -> std::io::Result<()> {
+        let mut buf = vec![0u8; MTU + 4];
+        loop {
+            self.turn();
+            while let Some(packet) = self.queues.tx.pop_front() {
+                // A TUN write fails only if the interface is gone (or a packet is malformed,
+                // which the kernel drops and counts); neither is worth stopping for one packet.
+                if let Err(e) = self.tun.send(&packet).await {
+                    if e.raw_os_error() == Some(libc::EIO) || e.raw_os_error() == Some(libc::EBADFD)
+                    {
+                        return Err(e);
+                    }
+                }
+            }
+            let delay = self
+                .iface
+                .poll_delay(SmolInstant::now(), &self.sockets)
+                .map(|d| Duration::from_micros(d.total_micros()))
+                .unwrap_or(Duration::from_secs(1))
+                .min(self.next_deadline());
+            tokio::select! {
+                n = self.tun.recv(&mut buf) => {
+                    self.queues.rx.push_back(buf[..n?].to_vec());
+                    // Take what else is queued now, so the stack runs once per batch.
+                    for _ in 1..BATCH {
+                        match self.tun.recv(&mut buf).now_or_never() {
+                            Some(Ok(n)) => self.queues.rx.push_back(buf[..n].to_vec()),
+                            Some(Err(e)) => return Err(e),
+                            None => break,
+                        }
+                    }
+                }
+                open = opens.recv() => match open {
+                    Some(open) => self.open(open),
+                    None => return Ok(()),
+                },
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Duration {
+        let now = Instant::now();
+        self.flows
+            .values()
+            .filter_map(|f| match &f.phase {
+                Phase::Connecting { deadline, .. } => Some(deadline.saturating_duration_since(now)),
+                Phase::Open => None,
+            })
+            .min()
+            .unwrap_or(Duration::from_secs(1))
+    }
+
+    fn open(&mut self, open: Open) {
+        let tuple = (open.client, open.service);
+        if self.flows.values().any(|f| f.tuple == tuple) {
+            // The same client address and port to the same service port, twice at once (two
+            // gateway listeners can see one client port): the 4-tuple on the TUN would be
+            // ambiguous, so the second is refused rather than mixed up.
+            let _ = open.reply.send(Err(DataStatus::Failed));
+            return;
+        }
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; SOCKET_BUFFER]),
+            tcp::SocketBuffer::new(vec![0; SOCKET_BUFFER]),
+        );
+        // The stack forwards what it is given at once: the client already chose how to batch.
+        socket.set_nagle_enabled(false);
+        socket.set_ack_delay(None);
+        socket.set_timeout(Some(SOCKET_TIMEOUT.into()));
+        let remote = IpEndpoint::new(IpAddress::from(open.service.ip()), open.service.port());
+        let local = IpEndpoint::new(IpAddress::from(open.client.ip()), open.client.port());
+        if socket.connect(self.iface.context(), remote, local).is_err() {
+            let _ = open.reply.send(Err(DataStatus::Failed));
+            return;
+        }
+        self.observer.opened(open.client, open.service);
+        let handle = self.sockets.add(socket);
+        self.flows.insert(
+            handle,
+            Flow {
+                shared: FlowShared::new(self.wake.clone()),
+                phase: Phase::Connecting {
+                    reply: open.reply,
+                    deadline: Instant::now() + open.timeout,
+                },
+                fin_seen: false,
+                last_state: tcp::State::SynSent,
+                fin_sent: false,
+                end_passed: false,
+                tuple,
+            },
+        );
+    }
+
+    /// Runs the stack until nothing more moves: packets in, bytes between sockets and pipes,
+    /// packets out.
+    fn turn(&mut self) {
+        for _ in 0..16 {
+            let _ = self
+                .iface
+                .poll(SmolInstant::now(), &mut self.queues, &mut self.sockets);
+            if !self.service_flows() {
+                break;
+            }
+        }
+    }
+
+    /// Moves bytes between each flow's socket and pipes. Returns whether anything moved.
+    fn service_flows(&mut self) -> bool {
+        let mut moved = false;
+        let mut finished = Vec::new();
+        let now = Instant::now();
+        for (&handle, flow) in self.flows.iter_mut() {
+            let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+            if let Phase::Connecting { deadline, .. } = &flow.phase {
+                let status = match socket.state() {
+                    tcp::State::SynSent if now >= *deadline => Some(DataStatus::TimedOut),
+                    tcp::State::SynSent => continue,
+                    tcp::State::Closed | tcp::State::TimeWait => Some(DataStatus::Refused),
+                    _ => None,
+                };
+                let Phase::Connecting { reply, .. } =
+                    std::mem::replace(&mut flow.phase, Phase::Open)
+                else {
+                    unreachable!("matched above")
+                };
+                if let Some(status) = status {
+                    socket.abort();
+                    let _ = reply.send(Err(status));
+                    finished.push(handle);
+                    continue;
+                }
+                if reply.send(Ok(flow.shared.clone())).is_err() {
+                    // Nobody waits for it any more (the open timed out on the other side).
+                    socket.abort();
+                    finished.push(handle);
+                    continue;
+                }
+                moved = true;
+            }
+            let before = flow.last_state;
+            moved |= pump(socket, flow);
+            let state = socket.state();
+            let clean = state == tcp::State::TimeWait
+                || (state == tcp::State::Closed && before == tcp::State::LastAck);
+            // Bytes still in the socket's buffer are passed on before the flow goes.
+            if (state == tcp::State::Closed || state == tcp::State::TimeWait) && !socket.can_recv()
+            {
+                if !flow.end_passed {
+                    let mut pipe = flow.shared.to_gateway();
+                    if clean {
+                        pipe.eof = true;
+                    } else {
+                        pipe.reset = true;
+                    }
+                    drop(pipe);
+                    flow.shared.gateway_data.notify_one();
+                }
+                finished.push(handle);
+            }
+        }
+        for handle in finished {
+            if let Some(flow) = self.flows.remove(&handle) {
+                self.observer.closed(flow.tuple.0, flow.tuple.1);
+            }
+            self.sockets.remove(handle);
+        }
+        moved
+    }
+}
+
+/// Moves one open flow's bytes. Returns whether anything moved.
+fn pump(socket: &mut tcp::Socket<'_>, flow: &mut Flow) -> bool {
+    let mut moved = false;
+    // Gateway → service.
+    {
+        let mut pipe = flow.shared.to_service();
+        if pipe.reset {
+            socket.abort();
+            drop(pipe);
+            flow.end_passed = true;
+            flow.shared.to_gateway().reset = true;
+            flow.shared.gateway_data.notify_one();
+            return true;
+        }
+        let before = pipe.buf.len();
+        while socket.can_send() && !pipe.buf.is_empty() {
+            let (head, _) = pipe.buf.as_slices();
+            match socket.send_slice(head) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    pipe.buf.drain(..n);
+                }
+            }
+        }
+        if pipe.eof && pipe.buf.is_empty() && !flow.fin_sent {
+            socket.close();
+            flow.fin_sent = true;
+            moved = true;
+        }
+        if pipe.buf.len() != before {
+            moved = true;
+            flow.shared.service_space.notify_one();
+        }
+    }
+    // Service → gateway.
+    {
+        let mut pipe = flow.shared.to_gateway();
+        let before = pipe.buf.len();
+        while socket.can_recv() && pipe.space() > 0 {
+            let space = pipe.space();
+            let taken = socket.recv(|data| {
+                let n = data.len().min(space);
+                (n, data[..n].to_vec())
+            });
+            match taken {
+                Ok(bytes) if !bytes.is_empty() => pipe.buf.extend(bytes),
+                _ => break,
+            }
+        }
+        if matches!(
+            socket.state(),
+            tcp::State::CloseWait
+                | tcp::State::LastAck
+                | tcp::State::Closing
+                | tcp::State::TimeWait
+        ) {
+            flow.fin_seen = true;
+        }
+        let pass_fin = flow.fin_seen && !flow.end_passed && !socket.can_recv();
+        if pass_fin {
+            pipe.eof = true;
+            flow.end_passed = true;
+        }
+        if pipe.buf.len() != before || pass_fin {
+            moved = true;
+            drop(pipe);
+            flow.shared.gateway_data.notify_one();
+        }
+    }
+    flow.last_state = socket.state();
+    moved
+}
+
+/// Which TUN address a client of `client`'s family reaches, if the tunnel has one.
+pub fn service_addr(
+    client: SocketAddr,
+    v4: Option<Ipv4Addr>,
+    v6: Option<Ipv6Addr>,
+    port: u16,
+) -> Option<SocketAddr> {
+    match client.ip() {
+        IpAddr::V4(_) => v4.map(|a| SocketAddr::new(IpAddr::V4(a), port)),
+        IpAddr::V6(_) => v6.map(|a| SocketAddr::new(IpAddr::V6(a), port)),
+    }
+}
