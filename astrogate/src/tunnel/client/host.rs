@@ -15,7 +15,7 @@ use std::net::IpAddr;
 
 use futures_util::TryStreamExt;
 use rtnetlink::{
-    packet_route::rule::{RuleAttribute, RuleMessage},
+    packet_route::rule::{RuleAction, RuleAttribute, RuleMessage},
     Handle, IpVersion, RouteMessageBuilder,
 };
 
@@ -113,6 +113,7 @@ impl Host {
                 .source_prefix(ip, len)
                 .table_id(table)
                 .priority(table)
+                .action(RuleAction::ToTable)
                 .execute()
                 .await
                 .map_err(netlink("adding the IPv4 source rule"))?;
@@ -138,6 +139,7 @@ impl Host {
                 .source_prefix(ip, len)
                 .table_id(table)
                 .priority(table)
+                .action(RuleAction::ToTable)
                 .execute()
                 .await
                 .map_err(netlink("adding the IPv6 source rule"))?;
