@@ -34,7 +34,6 @@ const TUN_V6: &str = "fd64:77::1";
 struct TunnelLab {
     lab: Lab,
     client: Option<Child>,
-    gateway_public: String,
     client_public: String,
     client_config: std::path::PathBuf,
 }
@@ -82,7 +81,6 @@ impl TunnelLab {
         TunnelLab {
             lab,
             client: None,
-            gateway_public,
             client_public,
             client_config,
         }
@@ -375,4 +373,295 @@ fn wildcard_services_see_each_clients_address_and_port_and_every_byte() {
     transfers(&t, together, 16);
     let log = t.lab.wait_access_log(&["host=hash.test", "path=splice"]);
     assert!(log.contains("target=tunnel:alpha:9000"), "{log}");
+}
+
+/// HAProxy, bound to 0.0.0.0 and [::], answers each request with the source it saw.
+fn haproxy_reporting_sources(t: &mut TunnelLab) {
+    let cfg = t.lab.dir.write(
+        "service-haproxy.cfg",
+        "defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+         frontend web\n  bind 0.0.0.0:8080\n  bind [::]:8080 v6only\n\
+         \x20 http-request return status 200 content-type text/plain lf-string \"src=%[src] port=%[src_port]\\n\"\n",
+    )
+    .unwrap();
+    let mut cmd = t.svc().command("haproxy");
+    cmd.arg("-db").arg("-f").arg(&cfg);
+    let child = Child::spawn("haproxy", &mut cmd, &t.lab.dir.join("haproxy.log")).unwrap();
+    t.lab.children.push(child);
+    let svc = t.svc();
+    wait_for("haproxy to listen", Duration::from_secs(10), || {
+        svc.enter(|| TcpStream::connect("127.0.0.1:8080").is_ok())
+            .ok()
+            .filter(|up| *up)
+    })
+    .unwrap();
+}
+
+#[test]
+fn an_http_service_reports_the_clients_real_source_for_curl_over_v4_and_v6() {
+    astrogate_lab::require_root().unwrap();
+    let mut t = TunnelLab::new("tunnel-http");
+    haproxy_reporting_sources(&mut t);
+    t.start_gateway("splice");
+    t.start_client();
+    for (gateway, local) in [
+        (GW_V4.to_string(), "10.201.0.2"),
+        (format!("[{GW_V6}]"), "fd00:201::2"),
+    ] {
+        let out = t
+            .inet()
+            .command("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-H",
+                "Host: web.test",
+                "-w",
+                "local=%{local_ip} %{local_port}\n",
+            ])
+            .arg(format!("http://{gateway}/"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "curl: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("local={local} ")))
+            .unwrap_or_else(|| panic!("curl's local address is {local}: {text}"));
+        assert!(
+            text.contains(&format!("src={local} port={port}\n")),
+            "HAProxy must see curl's own address and port: {text}"
+        );
+    }
+}
+
+#[test]
+fn routing_does_not_change_while_100_connections_come_and_go() {
+    astrogate_lab::require_root().unwrap();
+    let mut t = TunnelLab::new("tunnel-routes");
+    let _service = Server::start(t.svc(), "[::]:9000", |mut s| {
+        // Holds each connection open until the client half-closes, then echoes a byte count.
+        let mut n = 0u64;
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k as u64,
+            }
+        }
+        let _ = s.write_all(format!("{n}\n").as_bytes());
+    });
+    t.start_gateway("auto");
+    t.start_client();
+    let before = t.routing_snapshot();
+    assert!(
+        before.contains(&format!("from {TUN_V4} lookup 7744")),
+        "{before}"
+    );
+    assert!(
+        before.contains(&format!("from {TUN_V6} lookup 7744")),
+        "{before}"
+    );
+    let inet = t.inet().handle().unwrap();
+    let name = t.inet().name().to_string();
+    let opened = std::sync::Arc::new(std::sync::Barrier::new(101));
+    let release = std::sync::Arc::new(std::sync::Barrier::new(101));
+    let clients: Vec<_> = (0..100)
+        .map(|i| {
+            let (inet, name) = (inet.try_clone().unwrap(), name.clone());
+            let (opened, release) = (opened.clone(), release.clone());
+            thread::spawn(move || {
+                astrogate_lab::enter(&inet, &name).unwrap();
+                let ip = if i % 2 == 0 { GW_V4 } else { GW_V6 };
+                let mut s = dial(gw(ip, 7070), "hash.test");
+                s.write_all(&[7u8; 100]).unwrap();
+                opened.wait();
+                release.wait();
+                s.shutdown(std::net::Shutdown::Write).unwrap();
+                let mut reply = String::new();
+                s.read_to_string(&mut reply).unwrap();
+                assert_eq!(reply, "100\n");
+            })
+        })
+        .collect();
+    opened.wait();
+    let during = t.routing_snapshot();
+    release.wait();
+    for c in clients {
+        c.join().expect("a connection through the tunnel failed");
+    }
+    let after = t.routing_snapshot();
+    assert_eq!(
+        before, during,
+        "routing changed while 100 connections were open"
+    );
+    assert_eq!(
+        before, after,
+        "routing changed after 100 connections closed"
+    );
+}
+
+#[test]
+fn a_key_that_is_not_listed_is_refused_before_any_traffic() {
+    astrogate_lab::require_root().unwrap();
+    let mut t = TunnelLab::new("tunnel-unlisted");
+    // The gateway lists some other key for `alpha`.
+    let other = keygen(&t.lab.dir.join("other.key"));
+    let config = t.gateway_config(&other, "auto");
+    t.lab.gateway(&config);
+    let mut cmd = t.svc().command(TUNNEL);
+    cmd.arg("run").arg("--config").arg(&t.client_config);
+    let child = Child::spawn("astrogate-tunnel", &mut cmd, &t.lab.dir.join("tunnel.log")).unwrap();
+    t.client = Some(child);
+    let gateway_log = wait_for(
+        "the gateway to refuse the key",
+        Duration::from_secs(15),
+        || {
+            let log = t.lab.gateway_log();
+            log.contains("not listed in any [[tunnel]]").then_some(log)
+        },
+    )
+    .unwrap();
+    assert!(
+        gateway_log.contains(&t.client_public),
+        "the refusal names the key: {gateway_log}"
+    );
+    let client_log = wait_for(
+        "the client to report the refusal",
+        Duration::from_secs(15),
+        || {
+            let log = t.client_log();
+            log.contains("is this client's public key listed")
+                .then_some(log)
+        },
+    )
+    .unwrap();
+    assert!(!client_log.contains("serving tunnel"), "{client_log}");
+    assert!(
+        !gateway_log.contains("tunnel client connected"),
+        "{gateway_log}"
+    );
+    // And the route has nobody to serve it.
+    let reply = t
+        .inet()
+        .enter(|| {
+            let mut s = TcpStream::connect(gw(GW_V4, 7070)).unwrap();
+            s.write_all(b"ASTROGATE-DIAL/1 hash.test 9000\r\n").unwrap();
+            let mut r = String::new();
+            let _ = s.read_to_string(&mut r);
+            r
+        })
+        .unwrap();
+    assert!(reply.starts_with("ASTROGATE-DIAL/1 502"), "{reply}");
+}
+
+#[test]
+fn the_client_reconnects_after_a_gateway_restart() {
+    astrogate_lab::require_root().unwrap();
+    let mut t = TunnelLab::new("tunnel-restart");
+    let _service = hash_service(t.svc(), DOWN);
+    t.start_gateway("auto");
+    t.start_client();
+    transfers(&t, vec![(gw(GW_V4, 7070), 1000)], 1);
+    let mut old = t.lab.children.remove(0);
+    old.stop(Duration::from_secs(10));
+    drop(old);
+    t.start_gateway("auto");
+    t.wait_serving(2);
+    transfers(
+        &t,
+        vec![(gw(GW_V4, 7070), 1000), (gw(GW_V6, 7070), 2000)],
+        2,
+    );
+}
+
+#[test]
+fn the_host_reaches_an_address_that_is_connected_to_it_through_the_tunnel() {
+    astrogate_lab::require_root().unwrap();
+    let mut t = TunnelLab::new("tunnel-own");
+    let _service = Server::start(t.svc(), "[::]:9000", |mut s| {
+        let mut buf = [0u8; 16];
+        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    // A server on the internet client's own address, which the service host reaches through
+    // its ordinary default route.
+    let _client_side = Server::start(t.inet(), "10.201.0.2:5555", |mut s| {
+        s.write_all(b"direct\n").unwrap();
+    });
+    t.start_gateway("auto");
+    t.start_client();
+    let handle = t.inet().handle().unwrap();
+    let name = t.inet().name().to_string();
+    let tunneled = thread::spawn(move || {
+        astrogate_lab::enter(&handle, &name).unwrap();
+        let s = dial(gw(GW_V4, 7070), "hash.test");
+        thread::sleep(Duration::from_secs(2));
+        drop(s);
+    });
+    thread::sleep(Duration::from_millis(500));
+    let reply = t
+        .svc()
+        .enter(|| {
+            let mut s = TcpStream::connect_timeout(
+                &"10.201.0.2:5555".parse().unwrap(),
+                Duration::from_secs(5),
+            )?;
+            let mut r = String::new();
+            s.read_to_string(&mut r)?;
+            Ok::<_, std::io::Error>(r)
+        })
+        .unwrap();
+    assert_eq!(reply.unwrap(), "direct\n");
+    tunneled.join().unwrap();
+}
+
+#[test]
+fn sigterm_removes_everything_and_a_killed_clients_leftovers_go_at_the_next_start() {
+    astrogate_lab::require_root().unwrap();
+    let mut t = TunnelLab::new("tunnel-cleanup");
+    let pristine = t.routing_snapshot();
+    t.start_gateway("auto");
+    t.start_client();
+    assert_ne!(t.routing_snapshot(), pristine);
+    // Killed outright: nothing is taken back; the TUN goes with the process (it is not
+    // persistent), the rules stay.
+    let mut client = t.client.take().unwrap();
+    client.signal(libc::SIGKILL);
+    client
+        .wait_exit(Duration::from_secs(5))
+        .expect("the client dies");
+    drop(client);
+    let left = t.routing_snapshot();
+    assert!(
+        left.contains("lookup 7744"),
+        "a killed client leaves its rules: {left}"
+    );
+    // The next start removes them before installing its own, so there is one of each.
+    t.start_client();
+    let running = t.routing_snapshot();
+    assert_eq!(
+        running
+            .matches(&format!("from {TUN_V4} lookup 7744"))
+            .count(),
+        1,
+        "{running}"
+    );
+    let mut client = t.client.take().unwrap();
+    client.signal(libc::SIGTERM);
+    let status = client
+        .wait_exit(Duration::from_secs(10))
+        .expect("SIGTERM stops the client");
+    assert!(status.success(), "{status}: {}", client.output());
+    assert_eq!(
+        t.routing_snapshot(),
+        pristine,
+        "SIGTERM must take every change back"
+    );
+    let links = t.svc().ip(&["link", "show"]).unwrap();
+    assert!(!links.contains("astg0"), "{links}");
 }
