@@ -108,9 +108,45 @@ pub enum Counter {
     OverlapBytes = 8,
     /// skbs that began after the next unseen byte: a hole the program cannot fill.
     Gaps = 9,
+    /// Packets into the tunnel that belong to a flow the tunnel client opened.
+    TunnelFlowPackets = 10,
+    /// TCP or UDP packets into the tunnel that belong to no open flow (a late retransmission,
+    /// or the host's own traffic from the TUN's address).
+    TunnelStrays = 11,
 }
 /// Number of `Counter` variants; size of the counter array map.
-pub const COUNTER_COUNT: u32 = 10;
+pub const COUNTER_COUNT: u32 = 12;
+
+/// Key of the `TUNNEL_FLOWS` map: one connection the tunnel client opened, as its packets
+/// look when they leave the service host through the TUN (from the service, to the client).
+/// IPv4 addresses are stored in the first 4 bytes, the rest zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct TunnelFlow {
+    /// The service's address (one of the TUN's), network byte order.
+    pub service_addr: [u8; 16],
+    /// The internet client's address.
+    pub client_addr: [u8; 16],
+    /// Ports in network byte order, as they appear in the packet.
+    pub service_port: [u8; 2],
+    pub client_port: [u8; 2],
+    /// 4 or 6.
+    pub family: u8,
+    /// IPPROTO_TCP or IPPROTO_UDP.
+    pub protocol: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<TunnelFlow>() == 40);
+
+/// Value of `TUNNEL_FLOWS`: what the TC program counted for the flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct TunnelFlowStats {
+    pub packets: u64,
+    /// IP bytes (headers included).
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<TunnelFlowStats>() == 16);
 
 #[cfg(feature = "user")]
 mod user {
@@ -118,4 +154,6 @@ mod user {
     unsafe impl aya::Pod for super::PeerEntry {}
     unsafe impl aya::Pod for super::SockStats {}
     unsafe impl aya::Pod for super::OverLimit {}
+    unsafe impl aya::Pod for super::TunnelFlow {}
+    unsafe impl aya::Pod for super::TunnelFlowStats {}
 }

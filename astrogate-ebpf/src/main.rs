@@ -6,6 +6,7 @@ mod counters;
 mod maps;
 mod seen;
 mod stream_verdict;
+mod tunnel_egress;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,6 +1,8 @@
 //! Every map the programs use, declared in one place so names and sizes match the loader.
 //! (aya-log-ebpf declares its own ring, AYA_LOGS, for the rare events the programs log.)
-use astrogate_common::{PeerEntry, SockCookie, SockStats, COUNTER_COUNT};
+use astrogate_common::{
+    PeerEntry, SockCookie, SockStats, TunnelFlow, TunnelFlowStats, COUNTER_COUNT,
+};
 use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf, SockHash},
@@ -41,3 +43,13 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 /// Counters indexed by `astrogate_common::Counter`.
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+/// Upper bound on flows one tunnel client has open at once.
+pub const MAX_TUNNEL_FLOWS: u32 = 65_536;
+
+/// The tunnel client's open flows, keyed as their packets leave through the TUN. The client
+/// inserts a flow before its first packet and removes it when the flow ends; the TC program
+/// counts each flow's packets here.
+#[map(name = "TUNNEL_FLOWS")]
+pub static TUNNEL_FLOWS: HashMap<TunnelFlow, TunnelFlowStats> =
+    HashMap::with_max_entries(MAX_TUNNEL_FLOWS, NO_PREALLOC);

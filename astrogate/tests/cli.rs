@@ -96,8 +96,8 @@ fn help_explains_the_commands() {
 }
 
 /// Without the privileges BPF needs, a listener on the kernel path refuses to start and names
-/// the reason, while `"auto"` warns once and serves XMPP, which it would otherwise put on the
-/// kernel path, with splice(2).
+/// the reason, while `"auto"` (which loads the kernel path, so a reload can switch a listener
+/// to it) warns once and serves XMPP with splice(2).
 #[test]
 fn kernel_refuses_and_auto_falls_back_without_bpf() {
     use std::os::unix::fs::PermissionsExt;

@@ -491,6 +491,8 @@ fn routing_does_not_change_while_100_connections_come_and_go() {
         .collect();
     opened.wait();
     let during = t.routing_snapshot();
+    let pid = t.client.as_ref().unwrap().pid();
+    let flows_open = common::bpf_maps_of(pid).get("TUNNEL_FLOWS").copied();
     release.wait();
     for c in clients {
         c.join().expect("a connection through the tunnel failed");
@@ -504,6 +506,18 @@ fn routing_does_not_change_while_100_connections_come_and_go() {
         before, after,
         "routing changed after 100 connections closed"
     );
+    // The TC program on the TUN's egress counted the replies of the flows it was told of (the
+    // counter indexes are astrogate_common::Counter's), knew of every open flow, and each one
+    // is gone once its connection closed.
+    let counters = common::bpf_counters(pid);
+    assert!(counters[10] >= 200, "TunnelFlowPackets: {counters:?}");
+    assert_eq!(flows_open, Some(100), "one TC flow per open connection");
+    wait_for(
+        "the tunnel's flow map to empty",
+        Duration::from_secs(10),
+        || (common::bpf_maps_of(pid).get("TUNNEL_FLOWS") == Some(&0)).then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}", common::bpf_maps_of(pid)));
 }
 
 #[test]

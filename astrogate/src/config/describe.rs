@@ -33,7 +33,12 @@ pub fn describe(config: &Config) -> String {
                 let _ = writeln!(out, "    default   {default}");
             }
         }
-        let _ = writeln!(out, "    path      {}", l.data_path);
+        let experimental = if l.data_path == super::DataPath::Kernel {
+            " (experimental: a rare stall is not fixed yet; see the README's \"Data paths\")"
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "    path      {}{experimental}", l.data_path);
     }
     let _ = writeln!(
         out,

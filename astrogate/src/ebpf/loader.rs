@@ -1,7 +1,7 @@
-use astrogate_common::{Counter, PeerEntry, SockCookie, SockStats};
+use astrogate_common::{Counter, PeerEntry, SockCookie, SockStats, TunnelFlow, TunnelFlowStats};
 use aya::{
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf, SockHash},
-    programs::{ProgramError, SkSkb},
+    programs::{ProgramError, SchedClassifier, SkSkb, TcAttachType},
     Ebpf, EbpfError,
 };
 
@@ -10,6 +10,7 @@ use aya::{
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/astrogate.bpf.o"));
 
 const VERDICT_PROGRAM: &str = "astrogate_verdict";
+const TUNNEL_PROGRAM: &str = "astrogate_tunnel_egress";
 
 /// Size of the embedded eBPF object; 0 when the binary was built without one.
 pub fn embedded_object_len() -> usize {
@@ -127,4 +128,51 @@ where
         .take_map(name)
         .ok_or(LoadError::Missing { kind: "map", name })?;
     M::try_from(map).map_err(|source| LoadError::Map { name, source })
+}
+
+/// The tunnel client's program: the TC classifier on its TUN's egress, and its flow map.
+/// Dropping it detaches the program (a TCX link, on kernels 6.6 and later).
+pub struct TunnelKernel {
+    _ebpf: Ebpf,
+    /// Open flows, as their packets leave the service host through the TUN.
+    pub flows: HashMap<MapData, TunnelFlow, TunnelFlowStats>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+impl TunnelKernel {
+    /// Loads the embedded object and attaches the classifier to `interface`'s egress.
+    pub fn attach(interface: &str) -> Result<TunnelKernel, LoadError> {
+        if OBJECT.is_empty() {
+            return Err(LoadError::NotEmbedded);
+        }
+        let mut ebpf = Ebpf::load(OBJECT)?;
+        let flows = take_map(&mut ebpf, "TUNNEL_FLOWS")?;
+        let counters = take_map(&mut ebpf, "COUNTERS")?;
+        let program_error = |source| LoadError::Program {
+            name: TUNNEL_PROGRAM,
+            source,
+        };
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(TUNNEL_PROGRAM)
+            .ok_or(LoadError::Missing {
+                kind: "program",
+                name: TUNNEL_PROGRAM,
+            })?
+            .try_into()
+            .map_err(program_error)?;
+        program.load().map_err(program_error)?;
+        program
+            .attach(interface, TcAttachType::Egress)
+            .map_err(program_error)?;
+        Ok(TunnelKernel {
+            _ebpf: ebpf,
+            flows,
+            counters,
+        })
+    }
+
+    /// Sum of a counter over all CPUs.
+    pub fn counter(&self, counter: Counter) -> Result<u64, MapError> {
+        Ok(self.counters.get(&(counter as u32), 0)?.iter().sum())
+    }
 }

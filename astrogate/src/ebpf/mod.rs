@@ -3,4 +3,4 @@
 mod loader;
 pub mod logs;
 
-pub use loader::{embedded_object_len, Kernel, LoadError, SpliceMaps};
+pub use loader::{embedded_object_len, Kernel, LoadError, SpliceMaps, TunnelKernel};

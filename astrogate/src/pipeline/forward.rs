@@ -13,26 +13,17 @@ use crate::{
 /// path declines connections it cannot take (a side already half-closed, a full sockmap, no
 /// saved SYN): they are copied instead, counting any bytes the kernel path had already moved.
 /// `sniffed` is how many bytes the sniff stage read from the client.
-///
-/// A tunnel's data connection never takes the kernel path: the gateway read the tunnel's
-/// header from it, and the verdict program would need that socket's saved SYN and the same
-/// partial-read care as the client's. It takes splice(2) instead, which moves the bytes without
-/// a copy too.
 pub async fn forward(
     setting: DataPath,
     protocol: Option<Protocol>,
     sniffed: u64,
-    tunneled: bool,
     snap: &Snapshot,
     shared: &Shared,
     client: &TcpStream,
     upstream: &TcpStream,
 ) -> Result<Forwarded, SpliceError> {
     let settings = &snap.settings;
-    let mut path = forward::choose(setting, protocol, shared.kernel.is_some());
-    if tunneled && path == PathKind::Kernel {
-        path = PathKind::Splice;
-    }
+    let path = forward::choose(setting, protocol, shared.kernel.is_some());
     let mut moved = 0;
     match (path, &shared.kernel) {
         (PathKind::Kernel, Some(kernel)) => match kernel.splice(client, upstream, sniffed).await {

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 
 use crate::{
     access_log::{AccessRecord, Outcome},
-    config::{GatewaySettings, ListenerConfig},
+    config::{DataPath, GatewaySettings, ListenerConfig},
     forward::{kernel::KernelPath, userspace::reset_on_close, userspace::write_all},
     reply::{self, Refusal},
     route::RouteTable,
@@ -165,11 +165,17 @@ async fn serve(
     }
     rec.up_bytes = replay.len() as u64;
 
+    // A tunnel's data connection never takes the kernel path: the gateway read the tunnel's
+    // header from it, and the verdict program would need that socket's saved SYN and the same
+    // partial-read care as the client's. splice(2) moves its bytes without a copy too.
+    let data_path = match (&target.host, listener.data_path) {
+        (TargetHost::Tunnel(_), DataPath::Kernel) => DataPath::Splice,
+        (_, setting) => setting,
+    };
     let done = match forward::forward(
-        listener.data_path,
+        data_path,
         rec.protocol,
         buf.len() as u64,
-        matches!(target.host, TargetHost::Tunnel(_)),
         snap,
         shared,
         client,

@@ -9,6 +9,7 @@ mod control;
 mod flow;
 mod host;
 pub mod stack;
+mod tc;
 
 use std::{future::Future, sync::Arc};
 
@@ -24,6 +25,8 @@ pub enum ClientError {
     Host(#[from] HostError),
     #[error("the TUN failed: {0}")]
     Tun(std::io::Error),
+    #[error("the tunnel's TC program: {0}")]
+    Ebpf(#[from] crate::ebpf::LoadError),
 }
 
 /// Opens waiting for the stack.
@@ -33,15 +36,23 @@ const OPEN_QUEUE: usize = 1024;
 /// change back.
 pub async fn run(config: ClientConfig, stop: impl Future<Output = ()>) -> Result<(), ClientError> {
     let (tun, host) = host::Host::setup(&config).await?;
+    let tc = match crate::ebpf::TunnelKernel::attach(&config.interface) {
+        Ok(tc) => tc,
+        Err(e) => {
+            let _ = host.remove().await;
+            return Err(e.into());
+        }
+    };
     tracing::info!(
         interface = %config.interface,
         v4 = ?config.v4.map(|a| a.0),
         v6 = ?config.v6.map(|a| a.0),
         table = config.table,
-        "TUN up, source rules installed"
+        "TUN up, source rules installed, TC program attached"
     );
     let (opens, queue) = mpsc::channel(OPEN_QUEUE);
-    let stack = Stack::new(tun, Box::new(NoObserver));
+    let flows = Arc::new(std::sync::Mutex::new(tc::TcFlows(tc)));
+    let stack = Stack::new(tun, Box::new(SharedFlows(flows.clone())));
     let mut stack_task = tokio::spawn(stack.run(queue));
     let control = tokio::spawn(control::run(Arc::new(config), opens));
     tokio::pin!(stop);
@@ -54,14 +65,30 @@ pub async fn run(config: ClientConfig, stop: impl Future<Output = ()>) -> Result
     };
     control.abort();
     stack_task.abort();
+    let _ = stack_task.await;
+    let (open, counted, strays) = flows.lock().unwrap_or_else(|e| e.into_inner()).summary();
+    tracing::info!(open, counted, strays, "TC flows at exit");
+    // Detach the program before the TUN goes.
+    drop(flows);
     host.remove().await?;
     tracing::info!("host changes removed");
     result
 }
 
-struct NoObserver;
+/// The flow map, shared between the stack (which updates it) and `run` (which reports it).
+struct SharedFlows(Arc<std::sync::Mutex<tc::TcFlows>>);
 
-impl FlowObserver for NoObserver {
-    fn opened(&mut self, _: std::net::SocketAddr, _: std::net::SocketAddr) {}
-    fn closed(&mut self, _: std::net::SocketAddr, _: std::net::SocketAddr) {}
+impl FlowObserver for SharedFlows {
+    fn opened(&mut self, client: std::net::SocketAddr, service: std::net::SocketAddr) {
+        self.lock().opened(client, service);
+    }
+    fn closed(&mut self, client: std::net::SocketAddr, service: std::net::SocketAddr) {
+        self.lock().closed(client, service);
+    }
+}
+
+impl SharedFlows {
+    fn lock(&self) -> std::sync::MutexGuard<'_, tc::TcFlows> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
