@@ -573,6 +573,11 @@ fn render(topo: &Topology, rows: &[(Config, Row)], opts: &Options) -> String {
         "\n### {} (medians of {} runs, {} s each; idle memory over {} connections)\n",
         topo.name, opts.runs, opts.seconds, opts.idle
     );
+    let _ = writeln!(
+        out,
+        "`astrogate kernel` is the experimental small-message path: compare its round trips, not its \
+         bulk figures (its bulk bytes mostly take the hard-limit copy; README, \"Data paths\").\n"
+    );
     let _ = write!(out, "| measure |");
     for c in Config::ALL {
         let _ = write!(out, " {} |", c.name());
