@@ -9,6 +9,7 @@ mod process;
 pub mod services;
 mod tap;
 pub mod topology;
+pub mod tunnel;
 mod workdir;
 pub mod yggdrasil;
 pub mod ygglab;

@@ -245,3 +245,26 @@ VirtualHost "{domain}"
         ready,
     )
 }
+
+/// HAProxy in HTTP mode on `0.0.0.0:port` and `[::]:port`, answering every request with the
+/// source address and port it saw (`src=ADDR port=PORT`): a real server bound to the wildcard,
+/// as a service behind a tunnel is.
+pub fn source_reporter(
+    ns: &Netns,
+    dir: &Workdir,
+    name: &str,
+    port: u16,
+) -> Result<Child, LabError> {
+    let cfg = dir.write(
+        &format!("{name}.cfg"),
+        format!(
+            "defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+             frontend web\n  bind 0.0.0.0:{port}\n  bind [::]:{port} v6only\n\
+             \x20 http-request return status 200 content-type text/plain \
+             lf-string \"src=%[src] port=%[src_port]\\n\"\n"
+        ),
+    )?;
+    let cfg = cfg.to_string_lossy().into_owned();
+    let ready = SocketAddr::from(([127, 0, 0, 1], port));
+    spawn(ns, dir, name, "haproxy", &["-db", "-f", &cfg], Some(ready))
+}

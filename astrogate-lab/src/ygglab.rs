@@ -8,8 +8,14 @@
 //!  go-sendxmpp, dial          + yggdrasil              echo :7 (dial), acme :8402
 //!  www/secure/echo   ◀─v4──── (listens on its         beta (Yggdrasil only)
 //!   .inet.example              ygg address too) ◀──── http :80, xmpp :5222/5269
+//!                                                      + astrogate-tunnel ◀─ tunnel:beta
+//!                                                        http :8080 on 0.0.0.0 and [::]
 //!                                                      client (Yggdrasil only): curl, dial
 //! ```
+//!
+//! `home.beta.example` is tunnel mode: beta's `astrogate-tunnel` dials the gateway's Yggdrasil
+//! address, and a service bound to the wildcard sees each internet client's own address and
+//! port.
 //!
 //! Recording taps sit in front of the gateway (on `inet`'s and `client`'s loopback) and
 //! between the gateway's upstream connections and some real servers (on the server's own
@@ -22,10 +28,10 @@ use std::{
 };
 
 use super::{
-    services::{echo_server, http_server, prosody, tls_server, ProsodySpec},
+    services::{echo_server, http_server, prosody, source_reporter, tls_server, ProsodySpec},
     start_gateway,
     topology::{Topology, TopologySpec, YggHost, GATEWAY_V4, GATEWAY_V6, INET_V4},
-    Child, LabError, Netns, Tap, Workdir,
+    tunnel, Child, LabError, Netns, Tap, Workdir,
 };
 
 /// The ACME HTTP-01 token the alpha host serves, and its key authorization.
@@ -46,6 +52,11 @@ pub const HTTPS: u16 = 443;
 pub const C2S: u16 = 5222;
 pub const S2S: u16 = 5269;
 pub const DIAL: u16 = 7070;
+/// Where the gateway takes tunnel clients, on its Yggdrasil address.
+pub const TUNNELS: u16 = 7444;
+/// The service behind beta's tunnel, and the name the internet reaches it by.
+pub const TUNNELED_PORT: u16 = 8080;
+pub const TUNNELED_HOST: &str = "home.beta.example";
 /// Port of the echo services that dial tests name.
 pub const ECHO: u16 = 7;
 /// The alpha host's ACME responder.
@@ -163,6 +174,17 @@ impl YggLab {
             },
         )?);
 
+        // Tunnel mode: beta also runs a service on the wildcard addresses, reached through
+        // its own astrogate-tunnel (started once the gateway listens).
+        servers.push(source_reporter(&beta.ns, &dir, "beta-home", TUNNELED_PORT)?);
+        let tunnel_bin = tunnel::client_binary(binary);
+        let tunnel_keys = TunnelKeys {
+            gateway: dir.join("gateway-tunnel.key"),
+            beta: dir.join("beta-tunnel.key"),
+        };
+        let gateway_public = tunnel::keygen(&tunnel_bin, &tunnel_keys.gateway)?;
+        let beta_public = tunnel::keygen(&tunnel_bin, &tunnel_keys.beta)?;
+
         // The clear internet: servers on inet's public address, HTTP and echo behind taps.
         let inet = &topo.inet;
         let lo = |port| SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), port);
@@ -208,9 +230,24 @@ impl YggLab {
             .collect();
         topo.gateway.ns.set_hosts(&gw_hosts)?;
 
-        let config = gateway_config(&topo);
+        let config = gateway_config(&topo, &tunnel_keys.gateway, &beta_public);
         let binary = binary.to_path_buf();
         let gateway = start_gateway(&topo.gateway.ns, &binary, &config, &dir)?;
+        let beta = topo.service("beta").expect("built above");
+        let client_config = dir.write(
+            "beta-tunnel.toml",
+            tunnel::client_config(
+                &format!("[{g}]:{TUNNELS}"),
+                &gateway_public,
+                &tunnel_keys.beta,
+            ),
+        )?;
+        servers.push(tunnel::start_client(
+            &beta.ns,
+            &tunnel_bin,
+            &client_config,
+            &dir.join("beta-tunnel.log"),
+        )?);
 
         // Taps in front of the gateway, on each client's loopback.
         for port in [HTTP, HTTPS, C2S, DIAL] {
@@ -337,7 +374,14 @@ const INBOUND_NAMES: &[&str] = &[
     "redirect.alpha.example",
     "www.beta.example",
     "chat.beta.example",
+    TUNNELED_HOST,
 ];
+
+/// Private key files for the tunnel between beta and the gateway.
+struct TunnelKeys {
+    gateway: PathBuf,
+    beta: PathBuf,
+}
 
 /// Internet names the gateway lets Yggdrasil clients reach.
 const OUTBOUND_NAMES: &[&str] = &[
@@ -358,7 +402,8 @@ fn tap(
 /// The gateway's config: public listeners for the internet, Yggdrasil listeners for the
 /// overlay, and routes that each name the listeners allowed to use them, so neither side can
 /// use the gateway to reach its own world or anything the config does not name.
-pub fn gateway_config(topo: &Topology) -> String {
+pub fn gateway_config(topo: &Topology, tunnel_key: &Path, beta_public: &str) -> String {
+    let tunnel_key = tunnel_key.display();
     let a = topo.service("alpha").map(YggHost::address);
     let b = topo.service("beta").map(YggHost::address);
     let g = topo.gateway.address();
@@ -369,6 +414,15 @@ pub fn gateway_config(topo: &Topology) -> String {
 sniff_timeout = "3s"
 # Short, so that an unreachable Yggdrasil node fails fast.
 connect_timeout = "2s"
+
+# Tunnel clients dial the gateway's Yggdrasil address; beta's key alone serves tunnel "beta".
+[tunnels]
+bind = ["[{g}]:{TUNNELS}"]
+key = "{tunnel_key}"
+
+[[tunnel]]
+name = "beta"
+key = "{beta_public}"
 
 # Facing the internet: the gateway's public IPv4 and IPv6 addresses.
 [[listener]]
@@ -449,6 +503,12 @@ listeners = ["inet-http"]
 hosts = ["chat.beta.example"]
 to = "[{b}]"
 listeners = ["inet-xmpp"]
+
+# Internet to a service behind beta's tunnel, which sees each client's address and port.
+[[route]]
+hosts = ["{TUNNELED_HOST}"]
+to = "tunnel:beta:{TUNNELED_PORT}"
+listeners = ["inet-http"]
 
 # Yggdrasil to the internet: names resolved by the system resolver at connect time.
 [[route]]

@@ -48,6 +48,10 @@ fn main() {
             inet_xmpp_s2s,
         ),
         ("inet_to_ygg::dial_over_ipv4_and_ipv6", inet_dial),
+        (
+            "inet_to_ygg::tunnel_service_sees_each_clients_address_and_port",
+            inet_tunnel,
+        ),
         ("inet_to_ygg::acme_http01_proxied", inet_acme_proxy),
         ("inet_to_ygg::acme_http01_redirected", inet_acme_redirect),
         (
@@ -490,6 +494,34 @@ fn inet_dial(lab: &YggLab) {
             &alpha,
             "outcome=ok",
         ],
+    );
+}
+
+/// Beta's service behind its tunnel (over Yggdrasil) is HAProxy bound to the wildcard: it
+/// reports the source it saw, which must be curl's own address and port, over IPv4 and IPv6.
+fn inet_tunnel(lab: &YggLab) {
+    let url = format!("http://{TUNNELED_HOST}/");
+    for (family, local) in [("-4", INET_V4.to_string()), ("-6", INET_V6.to_string())] {
+        let o = curl(
+            lab,
+            lab.inet(),
+            &[family, "-w", "local=%{local_ip} %{local_port}\n", &url],
+        );
+        let text = out(&o);
+        assert!(o.status.success(), "curl {family}: {text}{}", err(&o));
+        let port = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("local={local} ")))
+            .unwrap_or_else(|| panic!("curl's local address is {local}: {text}"));
+        assert!(
+            text.contains(&format!("src={local} port={port}\n")),
+            "the service must see curl's own address and port: {text}"
+        );
+    }
+    let target = format!("target=tunnel:beta:{TUNNELED_PORT}");
+    access_line(
+        lab,
+        &[&format!("host={TUNNELED_HOST}"), &target, "outcome=ok"],
     );
 }
 

@@ -89,6 +89,10 @@ fn print_topology(lab: &YggLab) {
             host.address()
         );
     }
+    println!(
+        "  {:<28} beta also runs astrogate-tunnel: {TUNNELED_HOST} reaches its :{TUNNELED_PORT} on 0.0.0.0/[::]",
+        ""
+    );
     if let Some(c) = &t.client {
         println!(
             "  {:<28} client host, yggdrasil only: {}",
@@ -151,6 +155,32 @@ fn exercise(lab: &YggLab) -> Vec<Row> {
             )
         },
     );
+    // Tunnel mode: beta's service sits behind its own astrogate-tunnel and reports the source
+    // it saw, which must be curl's own address and port.
+    for fam in ["-4", "-6"] {
+        let url = format!("http://{TUNNELED_HOST}/");
+        row(
+            IN,
+            "tunnel (http)",
+            &format!("curl {fam}"),
+            url.clone(),
+            &|| {
+                let o = succeeded(curl(
+                    lab,
+                    inet,
+                    &[fam, "-w", "%{local_ip} %{local_port}", &url],
+                )?)?;
+                let text = String::from_utf8_lossy(&o.stdout).to_string();
+                let (seen, mine) = text.split_once('\n').unwrap_or((&text, ""));
+                let (ip, port) = mine.split_once(' ').unwrap_or((mine, ""));
+                if seen == format!("src={ip} port={port}") {
+                    Ok(format!("the service saw curl's own {ip} port {port}"))
+                } else {
+                    Err(format!("curl was {mine}; the service saw {seen}"))
+                }
+            },
+        );
+    }
     for gw in [GATEWAY_V4.to_string(), format!("[{GATEWAY_V6}]")] {
         let resolve = format!("secure.alpha.example:443:{gw}");
         row(
@@ -553,6 +583,7 @@ The lab keeps running. Try, as root:
   ip netns exec {inet} curl --cacert {cert} https://secure.alpha.example/index.html
   ip netns exec {client} curl -v http://www.inet.example/
   ip netns exec {client} curl -v -H 'Host: other.inet.example' http://[{g}]/
+  ip netns exec {inet} curl -v http://{tunneled}/
   ip netns exec {gw} ss -tn
   yggdrasilctl -endpoint=unix://{admin} getPeers
   tail -f {log}
@@ -563,6 +594,7 @@ Press Enter or Ctrl-C to tear it down."#,
         admin = t.gateway.node.admin_socket().display(),
         log = lab.dir.join("astrogate.log").display(),
         config = lab.dir.join("astrogate.toml").display(),
+        tunneled = TUNNELED_HOST,
     );
     let _ = std::io::stdout().flush();
 }

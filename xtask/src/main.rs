@@ -64,6 +64,9 @@ enum Command {
         /// Idle connections opened for the memory measurement.
         #[arg(long, default_value_t = 10_000)]
         idle: usize,
+        /// Topologies to run, comma-separated: loopback, veth, tunnel-veth, tunnel-ygg.
+        #[arg(long, default_value = "loopback,veth,tunnel-veth,tunnel-ygg")]
+        topologies: String,
     },
     /// Run the randomized differential soak of every data path (tests/soak.rs) for longer
     /// than the test command's default, and print its counts.
@@ -120,7 +123,18 @@ fn main() -> Result<()> {
             runs,
             seconds,
             idle,
+            topologies,
         } => {
+            let topologies: Vec<String> = topologies.split(',').map(str::to_string).collect();
+            if let Some(unknown) = topologies
+                .iter()
+                .find(|t| !bench::TOPOLOGIES.contains(&t.as_str()))
+            {
+                anyhow::bail!(
+                    "unknown topology {unknown:?}; known: {}",
+                    bench::TOPOLOGIES.join(", ")
+                );
+            }
             build(&root)?;
             bench::run(
                 &root,
@@ -128,6 +142,7 @@ fn main() -> Result<()> {
                     runs,
                     seconds,
                     idle,
+                    topologies,
                 },
             )
         }

@@ -1,7 +1,9 @@
 //! `cargo xtask bench`: Astrogate's kernel and user-space paths side by side with direct
-//! connections and HAProxy, on loopback and across veth, reported as medians and ratios.
+//! connections and HAProxy, on loopback and across veth, reported as medians and ratios; then
+//! tunnel mode beside the gateway's direct path, over veth and over Yggdrasil.
 //! A benchmark, not a test: it asserts nothing and prints what it measured.
 mod tools;
+mod tunnel;
 
 use std::{
     fmt::Write as _,
@@ -23,7 +25,12 @@ pub struct Options {
     pub runs: usize,
     pub seconds: u64,
     pub idle: usize,
+    /// Which topologies to run, by name.
+    pub topologies: Vec<String>,
 }
+
+/// Every topology, in the order they run.
+pub const TOPOLOGIES: [&str; 4] = ["loopback", "veth", "tunnel-veth", "tunnel-ygg"];
 
 /// One column of the table.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -34,6 +41,8 @@ enum Config {
     Userspace,
     Haproxy,
     HaproxyNoSplice,
+    /// The gateway forwarding through a tunnel to `astrogate-tunnel` on the server host.
+    Tunnel,
 }
 
 impl Config {
@@ -47,7 +56,10 @@ impl Config {
     ];
 
     fn is_astrogate(self) -> bool {
-        matches!(self, Config::Kernel | Config::Splice | Config::Userspace)
+        matches!(
+            self,
+            Config::Kernel | Config::Splice | Config::Userspace | Config::Tunnel
+        )
     }
 
     fn name(self) -> &'static str {
@@ -58,6 +70,7 @@ impl Config {
             Config::Userspace => "astrogate userspace",
             Config::Haproxy => "haproxy splice",
             Config::HaproxyNoSplice => "haproxy no-splice",
+            Config::Tunnel => "astrogate tunnel",
         }
     }
 }
@@ -71,6 +84,7 @@ fn ports(c: Config) -> (u16, u16, u16, u16) {
         Config::Userspace => (7071, 7071, 8444, 7071),
         Config::Haproxy => (7072, 7074, 8445, 7076),
         Config::HaproxyNoSplice => (7073, 7075, 8446, 7077),
+        Config::Tunnel => (7079, 7079, 8448, 7079),
     }
 }
 
@@ -89,14 +103,33 @@ struct Row {
 /// The namespaces of one topology and everything running in them.
 struct Topology {
     name: &'static str,
+    /// The configurations measured here, in table order.
+    columns: Vec<Config>,
+    /// The ratios the table shows, as (numerator, denominator).
+    ratios: Vec<(Config, Config)>,
     children: Vec<Child>,
+    /// Yggdrasil nodes, for the topologies that have them: they go before the namespaces.
+    nodes: Vec<astrogate_lab::yggdrasil::YggNode>,
     servers: Option<Servers>,
     client: Netns,
     gw: Option<Netns>,
     server: Option<Netns>,
     gw_ip: IpAddr,
+    /// Where the gateway's direct routes and the direct configuration reach the servers.
     server_ip: IpAddr,
+    /// Where the tunnel client dials the gateway, for topologies with a tunnel.
+    tunnel_addr: Option<String>,
     dir: Workdir,
+}
+
+/// Every astrogate path beside direct connections and HAProxy.
+fn main_columns() -> (Vec<Config>, Vec<(Config, Config)>) {
+    let ours = [Config::Kernel, Config::Splice, Config::Userspace];
+    let ratios = ours
+        .iter()
+        .flat_map(|&c| [(c, Config::Direct), (c, Config::Haproxy)])
+        .collect();
+    (Config::ALL.to_vec(), ratios)
 }
 
 impl Topology {
@@ -110,8 +143,13 @@ impl Topology {
 
     fn loopback() -> Result<Topology> {
         let client = Netns::new("bench")?;
+        let (columns, ratios) = main_columns();
         Ok(Topology {
             name: "loopback",
+            columns,
+            ratios,
+            nodes: Vec::new(),
+            tunnel_addr: None,
             children: Vec::new(),
             servers: None,
             client,
@@ -134,8 +172,13 @@ impl Topology {
         client.ip(&["route", "add", "default", "via", "10.1.0.1"])?;
         server.ip(&["route", "add", "default", "via", "10.2.0.1"])?;
         astrogate_lab::run(gw.command("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]))?;
+        let (columns, ratios) = main_columns();
         Ok(Topology {
             name: "veth",
+            columns,
+            ratios,
+            nodes: Vec::new(),
+            tunnel_addr: None,
             children: Vec::new(),
             servers: None,
             client,
@@ -190,17 +233,22 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         runs: opts.runs,
         seconds: opts.seconds,
         idle,
+        topologies: opts.topologies.clone(),
     };
     let shim = build_shim(root)?;
-    let gateway = root.join("target/release/astrogate");
     let mut report = String::new();
-    for make in [
-        Topology::loopback as fn() -> Result<Topology>,
-        Topology::veth,
+    for (name, make) in [
+        ("loopback", Topology::loopback as fn() -> Result<Topology>),
+        ("veth", Topology::veth),
+        ("tunnel-veth", Topology::tunnel_veth),
+        ("tunnel-ygg", Topology::tunnel_ygg),
     ] {
+        if !opts.topologies.iter().any(|t| t == name) {
+            continue;
+        }
         let mut topo = make()?;
         step(&format!("bench: {} topology", topo.name));
-        start(&mut topo, &gateway, opts.idle)?;
+        start(&mut topo, root, opts.idle)?;
         let rows = measure(&topo, &shim, opts)?;
         let table = render(&topo, &rows, opts);
         println!("{table}");
@@ -273,26 +321,46 @@ fn build_shim(root: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
-fn start(topo: &mut Topology, gateway: &Path, idle: usize) -> Result<()> {
+fn start(topo: &mut Topology, root: &Path, idle: usize) -> Result<()> {
+    let gateway = root.join("target/release/astrogate");
     let server_ip = topo.server_ip.to_string();
     let gw_ip = topo.gw_ip.to_string();
-    topo.spawn(
-        "iperf3",
-        false,
-        "iperf3",
-        &["-s", "-B", &server_ip, "-p", "5201"],
-    )?;
-    topo.servers = Some(Servers::start(topo.server(), topo.server_ip)?);
-    for (name, mode, dial, tls) in [
-        ("astrogate-kernel", "kernel", 7070, 8443),
-        ("astrogate-splice", "splice", 7078, 8447),
-        ("astrogate-userspace", "userspace", 7071, 8444),
-    ] {
+    if topo.tunnel_addr.is_some() {
+        // Connections through the tunnel arrive at the TUN's address, the others at the
+        // server's own: the servers listen on the (dual-stack) wildcard, as services do.
+        topo.spawn("iperf3", false, "iperf3", &["-s", "-p", "5201"])?;
+        topo.servers = Some(Servers::start(topo.server(), "::".parse()?)?);
+    } else {
+        topo.spawn(
+            "iperf3",
+            false,
+            "iperf3",
+            &["-s", "-B", &server_ip, "-p", "5201"],
+        )?;
+        topo.servers = Some(Servers::start(topo.server(), topo.server_ip)?);
+    }
+    let direct = match topo.server_ip {
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    for c in topo.columns.clone() {
+        let (mode, upstream, tunnels) = match c {
+            Config::Kernel => ("kernel", direct.clone(), String::new()),
+            Config::Splice => ("splice", direct.clone(), String::new()),
+            Config::Userspace => ("userspace", direct.clone(), String::new()),
+            Config::Tunnel => (
+                "splice",
+                "tunnel:bench".to_string(),
+                tunnel::gateway_section(topo, root)?,
+            ),
+            _ => continue,
+        };
+        let (dial, _, tls, _) = ports(c);
         let config = format!(
             r#"
 [gateway]
 data_path = "{mode}"
-
+{tunnels}
 [[listener]]
 name = "dial"
 bind = ["{gw_ip}:{dial}"]
@@ -305,21 +373,22 @@ protocols = ["tls"]
 
 [[route]]
 hosts = ["iperf.bench"]
-to = "{server_ip}:5201"
+to = "{upstream}:5201"
 
 [[route]]
 hosts = ["echo.bench"]
-to = "{server_ip}:9000"
+to = "{upstream}:9000"
 
 [[route]]
 hosts = ["idle.bench"]
-to = "{server_ip}:9500"
+to = "{upstream}:9500"
 
 [[route]]
 hosts = ["{HELLO_HOST}"]
-to = "{server_ip}:9443"
+to = "{upstream}:9443"
 "#
         );
+        let name = process_name(c).unwrap_or("astrogate");
         let path = topo.dir.write(&format!("{name}.toml"), config)?;
         let path = path.to_string_lossy().into_owned();
         let gateway = gateway.to_string_lossy().into_owned();
@@ -330,10 +399,13 @@ to = "{server_ip}:9443"
             &["RUST_LOG=warn", &gateway, "run", "--config", &path],
         )?;
     }
-    for (name, splice, offset) in [
-        ("haproxy-splice", true, 0u16),
-        ("haproxy-nosplice", false, 1),
+    for (c, splice, offset) in [
+        (Config::Haproxy, true, 0u16),
+        (Config::HaproxyNoSplice, false, 1),
     ] {
+        let Some(name) = process_name(c).filter(|_| topo.columns.contains(&c)) else {
+            continue;
+        };
         let path = topo.dir.write(
             &format!("{name}.cfg"),
             haproxy_config(&gw_ip, &server_ip, splice, offset, idle + 50),
@@ -342,9 +414,18 @@ to = "{server_ip}:9443"
         topo.spawn(name, true, "haproxy", &["-db", "-f", &path])?;
     }
     let ns = topo.gw();
-    for port in [
-        7070u16, 7071, 7072, 7073, 7078, 8443, 8444, 8445, 8446, 8447,
-    ] {
+    let mut listening: Vec<u16> = topo
+        .columns
+        .iter()
+        .filter(|&&c| c != Config::Direct)
+        .flat_map(|&c| {
+            let (bulk, echo, tls, idle) = ports(c);
+            [bulk, echo, tls, idle]
+        })
+        .collect();
+    listening.sort_unstable();
+    listening.dedup();
+    for port in listening {
         let addr = SocketAddr::new(topo.gw_ip, port);
         wait_for(
             &format!("a benchmark gateway on {addr}"),
@@ -356,7 +437,24 @@ to = "{server_ip}:9443"
             },
         )?;
     }
+    if topo.columns.contains(&Config::Tunnel) {
+        tunnel::start_client(topo, root)?;
+    }
     Ok(())
+}
+
+/// The process that serves a configuration (for the tunnel: the tunnel client, whose memory
+/// is the one that grows with its connections).
+fn process_name(c: Config) -> Option<&'static str> {
+    match c {
+        Config::Direct => None,
+        Config::Kernel => Some("astrogate-kernel"),
+        Config::Splice => Some("astrogate-splice"),
+        Config::Userspace => Some("astrogate-userspace"),
+        Config::Haproxy => Some("haproxy-splice"),
+        Config::HaproxyNoSplice => Some("haproxy-nosplice"),
+        Config::Tunnel => Some("astrogate-tunnel-gateway"),
+    }
 }
 
 /// One thread, tcp mode, SNI routing on the TLS frontend as the gateway does it; splice on or
@@ -507,7 +605,7 @@ fn rss_kib(pid: u32) -> f64 {
 
 fn measure(topo: &Topology, shim: &Path, opts: &Options) -> Result<Vec<(Config, Row)>> {
     let mut rows = Vec::new();
-    for c in Config::ALL {
+    for c in topo.columns.clone() {
         step(&format!("bench: {} / {}", topo.name, c.name()));
         let mut row = Row::default();
         let (mut up, mut down, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
@@ -531,13 +629,11 @@ fn measure(topo: &Topology, shim: &Path, opts: &Options) -> Result<Vec<(Config, 
         row.rtt_p50_us = median(p50);
         row.rtt_p99_us = median(p99);
         row.conns_per_s = tools::connection_rate(&topo.client, topo.dest(c, 2), 8, opts.seconds)?;
+        // For the tunnel, the client's memory: the process that holds a user-space stack's
+        // state for every connection.
         let process = match c {
-            Config::Direct => None,
-            Config::Kernel => topo.pid_of("astrogate-kernel"),
-            Config::Splice => topo.pid_of("astrogate-splice"),
-            Config::Userspace => topo.pid_of("astrogate-userspace"),
-            Config::Haproxy => topo.pid_of("haproxy-splice"),
-            Config::HaproxyNoSplice => topo.pid_of("haproxy-nosplice"),
+            Config::Tunnel => topo.pid_of(tunnel::CLIENT),
+            c => process_name(c).and_then(|name| topo.pid_of(name)),
         };
         let (mem0, rss0) = (slab_kib()?, process.map_or(0.0, rss_kib));
         let idle = tools::open_idle(&topo.client, topo.dest(c, 3), opts.idle)?;
@@ -565,30 +661,32 @@ fn render(topo: &Topology, rows: &[(Config, Row)], opts: &Options) -> String {
             .map(|(_, r)| r.clone())
             .unwrap_or_default()
     };
-    let direct = get(Config::Direct);
-    let haproxy = get(Config::Haproxy);
     let mut out = String::new();
     let _ = writeln!(
         out,
         "\n### {} (medians of {} runs, {} s each; idle memory over {} connections)\n",
         topo.name, opts.runs, opts.seconds, opts.idle
     );
-    let _ = writeln!(
-        out,
-        "`astrogate kernel` is the experimental small-message path: compare its round trips, not its \
-         bulk figures (its bulk bytes mostly take the hard-limit copy; README, \"Data paths\").\n"
-    );
+    if topo.columns.contains(&Config::Kernel) {
+        let _ = writeln!(
+            out,
+            "`astrogate kernel` is the experimental small-message path: compare its round trips, not its \
+             bulk figures (its bulk bytes mostly take the hard-limit copy; README, \"Data paths\").\n"
+        );
+    }
+    if let Some(note) = tunnel::note(topo) {
+        let _ = writeln!(out, "{note}\n");
+    }
+    let short = |c: Config| c.name().trim_start_matches("astrogate ");
     let _ = write!(out, "| measure |");
-    for c in Config::ALL {
+    for c in &topo.columns {
         let _ = write!(out, " {} |", c.name());
     }
-    let ours = [Config::Kernel, Config::Splice, Config::Userspace];
-    for c in ours {
-        let path = c.name().trim_start_matches("astrogate ");
-        let _ = write!(out, " {path} / direct | {path} / haproxy |");
+    for &(a, b) in &topo.ratios {
+        let _ = write!(out, " {} / {} |", short(a), short(b));
     }
     let _ = writeln!(out);
-    let columns = 1 + Config::ALL.len() + 2 * ours.len();
+    let columns = 1 + topo.columns.len() + topo.ratios.len();
     let _ = writeln!(out, "|{}", "---|".repeat(columns));
     let measures: [Measure; 8] = [
         ("throughput up, Gbit/s", |r| r.up_gbps),
@@ -609,17 +707,11 @@ fn render(topo: &Topology, rows: &[(Config, Row)], opts: &Options) -> String {
     };
     for (label, f) in measures {
         let _ = write!(out, "| {label} |");
-        for c in Config::ALL {
+        for &c in &topo.columns {
             let _ = write!(out, " {:.2} |", f(&get(c)));
         }
-        for c in ours {
-            let v = f(&get(c));
-            let _ = write!(
-                out,
-                " {} | {} |",
-                ratio(v, f(&direct)),
-                ratio(v, f(&haproxy))
-            );
+        for &(a, b) in &topo.ratios {
+            let _ = write!(out, " {} |", ratio(f(&get(a)), f(&get(b))));
         }
         let _ = writeln!(out);
     }
