@@ -53,7 +53,9 @@ pub fn start_client(
 ) -> Result<Child, LabError> {
     let mut cmd = ns.command(&tunnel.to_string_lossy());
     cmd.arg("run").arg("--config").arg(config);
-    cmd.env("RUST_LOG", "info");
+    // ASTROGATE_TUNNEL_LOG=info,smoltcp=debug shows the stack's view when a test fails.
+    let filter = std::env::var("ASTROGATE_TUNNEL_LOG").unwrap_or_else(|_| "info".into());
+    cmd.env("RUST_LOG", filter);
     let mut child = Child::spawn("astrogate-tunnel", &mut cmd, log)?;
     let what = format!("the tunnel client in {} to connect", ns.name());
     match wait_for(&what, Duration::from_secs(20), || {

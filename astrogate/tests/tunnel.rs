@@ -323,8 +323,12 @@ fn pattern_hash(seed: u64, len: u64) -> String {
 
 /// Asks the gateway's dial listener for `host`. Runs on a thread inside the internet namespace.
 fn dial(gateway: SocketAddr, host: &str) -> TcpStream {
-    let mut s =
-        TcpStream::connect(gateway).unwrap_or_else(|e| panic!("connecting to {gateway}: {e}"));
+    let s = TcpStream::connect(gateway).unwrap_or_else(|e| panic!("connecting to {gateway}: {e}"));
+    dial_on(s, host)
+}
+
+/// The dial exchange on a connection to the gateway's dial listener.
+fn dial_on(mut s: TcpStream, host: &str) -> TcpStream {
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     s.write_all(format!("ASTROGATE-DIAL/1 {host} 9000\r\n").as_bytes())
         .unwrap();
@@ -828,6 +832,67 @@ fn nothing_is_left_after_10k_connections() {
     );
     let counters = common::bpf_counters(client);
     assert!(counters[10] >= 10_000, "TunnelFlowPackets: {counters:?}");
+}
+
+/// A service that closes first leaves the connection in TIME_WAIT on its host, and the next
+/// internet client to reuse that address and port arrives on the same 4-tuple. The service's
+/// kernel takes that SYN only if it is newer (the stack's TCP timestamps say so); before they
+/// were on, one such connection in two waited a second for a retransmitted SYN.
+#[test]
+fn a_client_port_reused_while_the_service_holds_time_wait_connects_at_once() {
+    astrogate_lab::require_root().unwrap();
+    let mut t = TunnelLab::new("tunnel-timewait", Transport::Plain);
+    let _service = Server::start(t.svc(), "[::]:9000", |mut s| {
+        let mut b = [0u8; 1];
+        if s.read_exact(&mut b).is_ok() {
+            let _ = s.write_all(b"y");
+        }
+        // Dropped here: the service closes first, and keeps TIME_WAIT.
+    });
+    t.start_gateway("auto");
+    t.start_client();
+    let from: SocketAddr = "10.201.0.2:40123".parse().unwrap();
+    let times = t
+        .inet()
+        .enter(move || {
+            (0..12)
+                .map(|_| {
+                    let started = std::time::Instant::now();
+                    let socket =
+                        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                            .unwrap();
+                    socket.set_reuse_address(true).unwrap();
+                    socket.bind(&from.into()).unwrap();
+                    socket.connect(&gw(GW_V4, 7070).into()).unwrap();
+                    let mut s = dial_on(socket.into(), "hash.test");
+                    s.write_all(b"x").unwrap();
+                    let mut reply = Vec::new();
+                    s.read_to_end(&mut reply).unwrap();
+                    assert_eq!(reply, b"y");
+                    started.elapsed()
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    let waiting = t
+        .svc()
+        .command("ss")
+        .args(["-Htan", "state", "time-wait"])
+        .output()
+        .unwrap();
+    let waiting = String::from_utf8_lossy(&waiting.stdout);
+    // The service listens on [::], so it shows IPv4 peers as ::ffff:a.b.c.d.
+    assert!(
+        waiting
+            .lines()
+            .any(|l| l.contains(&format!("{TUN_V4}]:9000")) && l.contains("10.201.0.2]:40123")),
+        "the service host holds the client's 4-tuple in TIME_WAIT: {waiting}"
+    );
+    // Each takes a few milliseconds; a SYN the service's kernel turned away costs a second.
+    assert!(
+        times.iter().all(|d| *d < Duration::from_millis(600)),
+        "connections from one reused port: {times:?}"
+    );
 }
 
 #[test]

@@ -76,7 +76,13 @@ fn keygen(out: &std::path::Path) -> Result<()> {
 
 fn run(path: &std::path::Path) -> Result<()> {
     let config = ClientConfig::load(path)?;
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    // One thread: the stack task and every flow's data connection hand bytes to each other
+    // all the time, and on one thread that costs a function call instead of a cross-thread
+    // wake-up (measured in `cargo xtask bench`, README "Tunnel mode").
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(async {
         client::run(config, stop_signal()).await?;
         Ok(())

@@ -137,8 +137,14 @@ async fn pump_out(mut w: OwnedWriteHalf, flow: &FlowShared) -> bool {
         chunk.clear();
         let (eof, reset) = {
             let mut pipe = flow.to_gateway();
-            let n = pipe.buf.len().min(CHUNK);
-            chunk.extend(pipe.buf.drain(..n));
+            // Slices, not the drain iterator: that copies byte by byte (it was 40% of the
+            // client's CPU in a download).
+            let (a, b) = pipe.buf.as_slices();
+            let from_a = a.len().min(CHUNK);
+            let from_b = b.len().min(CHUNK - from_a);
+            chunk.extend_from_slice(&a[..from_a]);
+            chunk.extend_from_slice(&b[..from_b]);
+            pipe.buf.drain(..from_a + from_b);
             (pipe.eof && pipe.buf.is_empty(), pipe.reset)
         };
         if reset {

@@ -20,7 +20,7 @@ use rtnetlink::{
 };
 
 use super::config::ClientConfig;
-use super::stack::MTU;
+use super::stack::TUN_MTU;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -67,7 +67,10 @@ impl Host {
         };
         host.remove_changes().await?;
         let mut tun_config = tun::Configuration::default();
-        tun_config.tun_name(&config.interface).mtu(MTU as u16).up();
+        tun_config
+            .tun_name(&config.interface)
+            .mtu(TUN_MTU as u16)
+            .up();
         let device = tun::create_as_async(&tun_config).map_err(|e| HostError::Tun {
             name: config.interface.clone(),
             reason: e.to_string(),
