@@ -539,19 +539,25 @@ fn routing_does_not_change_while_100_connections_come_and_go(transport: Transpor
     );
     let inet = t.inet().handle().unwrap();
     let name = t.inet().name().to_string();
-    let opened = std::sync::Arc::new(std::sync::Barrier::new(101));
-    let release = std::sync::Arc::new(std::sync::Barrier::new(101));
+    // Channels, not barriers: a connection that fails must fail the test, not hang it.
+    let (opened_tx, opened) = std::sync::mpsc::channel::<()>();
+    let release = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
     let clients: Vec<_> = (0..100)
         .map(|i| {
             let (inet, name) = (inet.try_clone().unwrap(), name.clone());
-            let (opened, release) = (opened.clone(), release.clone());
+            let (opened, release) = (opened_tx.clone(), release.clone());
             thread::spawn(move || {
                 astrogate_lab::enter(&inet, &name).unwrap();
                 let ip = if i % 2 == 0 { GW_V4 } else { GW_V6 };
                 let mut s = dial(gw(ip, 7070), "hash.test");
                 s.write_all(&[7u8; 100]).unwrap();
-                opened.wait();
-                release.wait();
+                opened.send(()).unwrap();
+                let (go, ready) = &*release;
+                let released = ready
+                    .wait_timeout_while(go.lock().unwrap(), Duration::from_secs(60), |go| !*go)
+                    .unwrap();
+                assert!(*released.0, "never released");
+                drop(released);
                 s.shutdown(std::net::Shutdown::Write).unwrap();
                 let mut reply = String::new();
                 s.read_to_string(&mut reply).unwrap();
@@ -559,11 +565,17 @@ fn routing_does_not_change_while_100_connections_come_and_go(transport: Transpor
             })
         })
         .collect();
-    opened.wait();
+    drop(opened_tx);
+    for n in 0..100 {
+        opened
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("only {n} of 100 connections opened: {e}"));
+    }
     let during = t.routing_snapshot();
     let pid = t.client.as_ref().unwrap().pid();
     let flows_open = common::bpf_maps_of(pid).get("TUNNEL_FLOWS").copied();
-    release.wait();
+    *release.0.lock().unwrap() = true;
+    release.1.notify_all();
     for c in clients {
         c.join().expect("a connection through the tunnel failed");
     }
