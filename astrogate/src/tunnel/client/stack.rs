@@ -39,7 +39,7 @@ pub const MTU: usize = 65535;
 /// TUN's MTU, so a full segment with every option still fits the stack's MTU.
 pub const TUN_MTU: usize = MTU - 40;
 /// Each socket's receive and send buffer in the stack.
-const SOCKET_BUFFER: usize = 256 * 1024;
+const SOCKET_BUFFER: usize = 512 * 1024;
 /// Packets read from the TUN per turn of the loop before the stack runs.
 const BATCH: usize = 64;
 /// A connection whose peer stops acknowledging for this long is dropped.
