@@ -15,6 +15,8 @@ pub enum Outcome {
     UpstreamReset,
     Error,
     NoRoute,
+    /// The client's address is not allowed on the listener or the route.
+    Denied,
     SniffTimeout,
     SniffLimit,
     ClientClosed,
@@ -44,6 +46,7 @@ impl Outcome {
             Outcome::UpstreamReset => "upstream_reset",
             Outcome::Error => "error",
             Outcome::NoRoute => "no_route",
+            Outcome::Denied => "denied",
             Outcome::SniffTimeout => "sniff_timeout",
             Outcome::SniffLimit => "sniff_limit",
             Outcome::ClientClosed => "client_closed",

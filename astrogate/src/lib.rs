@@ -1,5 +1,6 @@
 //! Astrogate: a gateway that routes TCP connections by the hostname their first bytes name.
 pub mod access_log;
+pub mod acl;
 pub mod config;
 pub mod ebpf;
 pub mod forward;

@@ -13,6 +13,8 @@ pub enum Refusal {
     Unreachable,
     /// The upstream did not answer within `connect_timeout`.
     Timeout,
+    /// The client's address is not allowed on this listener or route.
+    Denied,
 }
 
 /// The bytes to send for `refusal` to a client speaking `protocol`; empty for protocols with
@@ -39,6 +41,7 @@ fn http(refusal: Refusal) -> Vec<u8> {
             "504 Gateway Timeout",
             "astrogate: upstream did not answer\n",
         ),
+        Refusal::Denied => ("403 Forbidden", "astrogate: access denied\n"),
     };
     format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -61,6 +64,7 @@ fn tls_alert(refusal: Refusal) -> [u8; 7] {
         Refusal::Malformed => 50,                      // decode_error
         Refusal::NoRoute => 112,                       // unrecognized_name
         Refusal::Unreachable | Refusal::Timeout => 80, // internal_error
+        Refusal::Denied => 49,                         // access_denied
     };
     [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, description]
 }
@@ -71,6 +75,7 @@ fn xmpp(refusal: Refusal) -> Vec<u8> {
         Refusal::Malformed => "bad-format",
         Refusal::NoRoute => "host-unknown",
         Refusal::Unreachable | Refusal::Timeout => "remote-connection-failed",
+        Refusal::Denied => "policy-violation",
     };
     format!(
         "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
@@ -84,7 +89,7 @@ fn xmpp(refusal: Refusal) -> Vec<u8> {
 fn dial_status(refusal: Refusal) -> DialStatus {
     match refusal {
         Refusal::Malformed => DialStatus::Malformed,
-        Refusal::NoRoute => DialStatus::Forbidden,
+        Refusal::NoRoute | Refusal::Denied => DialStatus::Forbidden,
         Refusal::Unreachable => DialStatus::Unreachable,
         Refusal::Timeout => DialStatus::Timeout,
     }
@@ -113,6 +118,19 @@ mod tests {
             refusal(Some(Protocol::Tls), Refusal::NoRoute),
             [0x15, 3, 3, 0, 2, 2, 112]
         );
+    }
+
+    #[test]
+    fn a_denied_client_is_told_in_its_own_protocol() {
+        let http = refusal(Some(Protocol::Http), Refusal::Denied);
+        assert!(http.starts_with(b"HTTP/1.1 403 Forbidden\r\n"));
+        assert_eq!(
+            refusal(Some(Protocol::Tls), Refusal::Denied),
+            [0x15, 3, 3, 0, 2, 2, 49]
+        );
+        let xmpp = String::from_utf8(refusal(Some(Protocol::Xmpp), Refusal::Denied)).unwrap();
+        assert!(xmpp.contains("<policy-violation "), "{xmpp}");
+        assert!(refusal(Some(Protocol::Dial), Refusal::Denied).starts_with(b"ASTROGATE-DIAL/1 403"));
     }
 
     #[test]

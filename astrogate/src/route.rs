@@ -57,6 +57,8 @@ pub struct Route {
     pub acme: Option<AcmeAction>,
     /// Listener names this route serves; `None` serves all.
     pub listeners: Option<Vec<String>>,
+    /// Client addresses this route serves.
+    pub acl: crate::acl::SourceAcl,
 }
 
 impl Route {
@@ -140,6 +142,7 @@ mod tests {
             to: to.parse().unwrap(),
             acme: None,
             listeners: listeners.map(|l| l.iter().map(|s| s.to_string()).collect()),
+            acl: Default::default(),
         }
     }
 

@@ -39,6 +39,9 @@ pub fn describe(config: &Config) -> String {
             ""
         };
         let _ = writeln!(out, "    path      {}{experimental}", l.data_path);
+        if !l.acl.is_open() {
+            let _ = writeln!(out, "    sources   {}", l.acl);
+        }
     }
     let _ = writeln!(
         out,
@@ -67,6 +70,9 @@ pub fn describe(config: &Config) -> String {
         }
         if let Some(names) = &r.listeners {
             let _ = write!(out, "; only on listeners {}", names.join(", "));
+        }
+        if !r.acl.is_open() {
+            let _ = write!(out, "; sources {}", r.acl);
         }
         let _ = writeln!(out);
     }

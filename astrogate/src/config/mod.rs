@@ -21,6 +21,7 @@ use toml::Spanned;
 
 pub use crate::target::{Target, TargetHost};
 use crate::{
+    acl::{self, SourceAcl},
     route::{AcmeAction, HostPattern, Route, RouteTable},
     sniff::{Hostname, Protocol},
 };
@@ -124,6 +125,8 @@ pub struct ListenerConfig {
     pub default: Option<Target>,
     /// This listener's forwarding path; `gateway.data_path` unless the listener sets its own.
     pub data_path: DataPath,
+    /// Client addresses this listener admits.
+    pub acl: SourceAcl,
 }
 
 #[derive(Debug, Clone)]
@@ -423,6 +426,7 @@ fn validate_listener(
         Some(v) => parse_data_path(v, &key("data_path"), at)?,
         None => gateway_path,
     };
+    let acl = parse_acl(&l.allow, &l.deny, at, key)?;
     Ok(ListenerConfig {
         name: name.to_string(),
         bind,
@@ -430,6 +434,7 @@ fn validate_listener(
         to,
         default,
         data_path,
+        acl,
     })
 }
 
@@ -529,12 +534,35 @@ fn validate_route(
             )
         }
     };
+    let acl = parse_acl(&r.allow, &r.deny, at, key)?;
     Ok(Route {
         hosts,
         to,
         acme,
         listeners: route_listeners,
+        acl,
     })
+}
+
+/// A listener's or route's `allow` and `deny` lists.
+fn parse_acl(
+    allow: &Option<Spanned<Vec<Spanned<String>>>>,
+    deny: &Option<Spanned<Vec<Spanned<String>>>>,
+    at: &Locator<'_>,
+    key: &dyn Fn(&str) -> String,
+) -> Result<SourceAcl, ConfigError> {
+    let blocks = |list: &Spanned<Vec<Spanned<String>>>, name: &str| {
+        list.get_ref()
+            .iter()
+            .map(|b| acl::parse_block(b.get_ref()).map_err(|e| at.at(b, &key(name), e)))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let allow = allow.as_ref().map(|a| blocks(a, "allow")).transpose()?;
+    let deny = match deny {
+        Some(d) => blocks(d, "deny")?,
+        None => Vec::new(),
+    };
+    Ok(SourceAcl::new(allow, deny))
 }
 
 /// Validates an `acme_redirect` base URL. ACME CAs follow redirects only to http or https on

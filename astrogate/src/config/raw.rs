@@ -58,6 +58,8 @@ pub struct RawListener {
     pub data_path: Option<Spanned<String>>,
     /// A raw TCP listener: every connection goes here, without sniffing.
     pub to: Option<Spanned<String>>,
+    pub allow: Option<Spanned<Vec<Spanned<String>>>>,
+    pub deny: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,4 +70,6 @@ pub struct RawRoute {
     pub acme: Option<Spanned<String>>,
     pub acme_redirect: Option<Spanned<String>>,
     pub listeners: Option<Spanned<Vec<Spanned<String>>>>,
+    pub allow: Option<Spanned<Vec<Spanned<String>>>>,
+    pub deny: Option<Spanned<Vec<Spanned<String>>>>,
 }

@@ -1,6 +1,6 @@
 //! The admit stage: whether a connection may be served at all, before a byte is read.
 //!
-//! Every connection is admitted for now. Connection limits and client-address ACLs go here
+//! The listener's `allow` and `deny` lists are checked here. Connection limits go here too
 //! (issue 10), where a refusal costs nothing but the accepted socket.
 use std::net::SocketAddr;
 
@@ -9,8 +9,12 @@ use crate::{config::ListenerConfig, reply::Refusal};
 
 pub fn admit(
     _snapshot: &Snapshot,
-    _listener: &ListenerConfig,
-    _client: SocketAddr,
+    listener: &ListenerConfig,
+    client: SocketAddr,
 ) -> Result<(), Refusal> {
-    Ok(())
+    if listener.acl.permits(client.ip()) {
+        Ok(())
+    } else {
+        Err(Refusal::Denied)
+    }
 }

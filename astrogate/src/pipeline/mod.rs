@@ -74,8 +74,7 @@ async fn serve(
         Err(e) => return fail(rec, Outcome::Error, e),
     };
     if let Err(refusal) = admit::admit(snap, listener, rec.client) {
-        refuse(client, None, refusal).await;
-        return Outcome::Error;
+        return refuse_admission(snap, listener, client, rec, refusal).await;
     }
     preamble::read(client);
 
@@ -107,7 +106,13 @@ async fn serve(
                 };
             rec.protocol = detected.as_ref().map(Detected::protocol);
             rec.host = detected.as_ref().and_then(Detected::host).cloned();
-            let plan = route::plan(detected.as_ref(), listener, &snap.routes, local_port);
+            let plan = route::plan(
+                detected.as_ref(),
+                listener,
+                &snap.routes,
+                local_port,
+                rec.client.ip(),
+            );
             (detected, plan)
         }
     };
@@ -119,6 +124,10 @@ async fn serve(
             } else {
                 Outcome::Unrecognized
             };
+        }
+        Some(Plan::Denied) => {
+            refuse(client, rec.protocol, Refusal::Denied).await;
+            return Outcome::Denied;
         }
         Some(Plan::Redirect(location)) => {
             rec.target = Some(location.clone());
@@ -199,6 +208,33 @@ async fn serve(
         rec.detail = Some(format!("up: {:?}, down: {:?}", done.up_end, done.down_end));
     }
     outcome
+}
+
+/// Refuses a connection the admit stage turned away. A sniffing listener first reads the
+/// preamble (under the same deadline and byte cap as any other) only to learn the protocol, so
+/// that the refusal is one the client understands: HTTP 403, a TLS `access_denied` alert, an
+/// XMPP `policy-violation`, a dial 403. Nothing is routed or connected. A raw listener has no
+/// protocol to speak, and closes.
+async fn refuse_admission(
+    snap: &Snapshot,
+    listener: &ListenerConfig,
+    client: &TcpStream,
+    rec: &mut AccessRecord,
+    refusal: Refusal,
+) -> Outcome {
+    let mut buf = Vec::new();
+    if listener.to.is_none() {
+        match sniff::sniff(client, &listener.protocols, &snap.settings, &mut buf).await {
+            Ok(Some(detected)) => {
+                rec.protocol = Some(detected.protocol());
+                rec.host = detected.host().cloned();
+            }
+            Err(SniffError::Malformed(protocol, _)) => rec.protocol = Some(protocol),
+            _ => {}
+        }
+    }
+    refuse(client, rec.protocol, refusal).await;
+    Outcome::Denied
 }
 
 fn fail(rec: &mut AccessRecord, outcome: Outcome, e: std::io::Error) -> Outcome {

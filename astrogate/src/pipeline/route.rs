@@ -1,4 +1,6 @@
 //! The route stage: where a sniffed connection goes.
+use std::net::IpAddr;
+
 use crate::{
     config::{ListenerConfig, Target},
     route::{AcmeAction, RouteTable},
@@ -6,8 +8,13 @@ use crate::{
 };
 
 pub enum Plan {
-    Connect { target: Target, default_port: u16 },
+    Connect {
+        target: Target,
+        default_port: u16,
+    },
     Redirect(String),
+    /// A route serves the name, but not to this client's address.
+    Denied,
 }
 
 /// Decides where a sniffed connection goes. `None` means nowhere: no route and no default.
@@ -16,6 +23,7 @@ pub fn plan(
     listener: &ListenerConfig,
     routes: &RouteTable,
     local_port: u16,
+    client: IpAddr,
 ) -> Option<Plan> {
     let default_port = match detected {
         Some(Detected::Dial(req)) => req.port,
@@ -29,6 +37,7 @@ pub fn plan(
         .and_then(Detected::host)
         .and_then(|host| routes.lookup(host, &listener.name));
     match (detected, route) {
+        (_, Some(route)) if !route.acl.permits(client) => Some(Plan::Denied),
         (Some(Detected::Acme(challenge)), Some(route)) => Some(match &route.acme {
             Some(AcmeAction::Proxy(target)) => connect(target),
             Some(AcmeAction::Redirect(base)) => Plan::Redirect(format!("{base}{}", challenge.path)),
