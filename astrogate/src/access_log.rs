@@ -17,6 +17,8 @@ pub enum Outcome {
     NoRoute,
     /// The client's address is not allowed on the listener or the route.
     Denied,
+    /// Over `max_connections` or `max_connections_per_source`: closed at once.
+    Limited,
     SniffTimeout,
     SniffLimit,
     ClientClosed,
@@ -47,6 +49,7 @@ impl Outcome {
             Outcome::Error => "error",
             Outcome::NoRoute => "no_route",
             Outcome::Denied => "denied",
+            Outcome::Limited => "limited",
             Outcome::SniffTimeout => "sniff_timeout",
             Outcome::SniffLimit => "sniff_limit",
             Outcome::ClientClosed => "client_closed",

@@ -14,6 +14,9 @@ pub fn describe(config: &Config) -> String {
         "gateway: sniff_timeout={:?} max_sniff_bytes={} connect_timeout={:?} data_path={} buffer_size={} pipe_size={}",
         g.sniff_timeout, g.max_sniff_bytes, g.connect_timeout, g.data_path, g.buffer_size, g.pipe_size
     );
+    if let Some(max) = g.max_connections {
+        let _ = writeln!(out, "gateway: at most {max} open client connections");
+    }
     let _ = writeln!(out, "\nlisteners:");
     for l in &config.listeners {
         let binds: Vec<String> = l.bind.iter().map(ToString::to_string).collect();
@@ -41,6 +44,9 @@ pub fn describe(config: &Config) -> String {
         let _ = writeln!(out, "    path      {}{experimental}", l.data_path);
         if !l.acl.is_open() {
             let _ = writeln!(out, "    sources   {}", l.acl);
+        }
+        if let Some(max) = l.max_connections_per_source {
+            let _ = writeln!(out, "    limit     {max} open connections per source");
         }
     }
     let _ = writeln!(

@@ -95,6 +95,8 @@ pub struct GatewaySettings {
     pub kernel_max_backlog: u64,
     pub kernel_max_backlog_total: u64,
     pub shutdown_grace: Duration,
+    /// Open client connections over all listeners beyond which new ones are closed at once.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for GatewaySettings {
@@ -109,6 +111,7 @@ impl Default for GatewaySettings {
             kernel_max_backlog: DEFAULT_KERNEL_MAX_BACKLOG,
             kernel_max_backlog_total: DEFAULT_KERNEL_MAX_BACKLOG_TOTAL,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            max_connections: None,
         }
     }
 }
@@ -127,6 +130,8 @@ pub struct ListenerConfig {
     pub data_path: DataPath,
     /// Client addresses this listener admits.
     pub acl: SourceAcl,
+    /// Open connections one client address (IPv6: one /64) may hold on this listener.
+    pub max_connections_per_source: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -274,6 +279,9 @@ fn validate_gateway(g: &raw::RawGateway, at: &Locator<'_>) -> Result<GatewaySett
     }
     if let Some(v) = &g.max_sniff_bytes {
         s.max_sniff_bytes = in_range(v, 512, 1 << 20, "gateway.max_sniff_bytes", at)?;
+    }
+    if let Some(v) = &g.max_connections {
+        s.max_connections = Some(in_range(v, 1, 100_000_000, "gateway.max_connections", at)?);
     }
     if let Some(v) = &g.buffer_size {
         s.buffer_size = in_range(v, 4096, 16 << 20, "gateway.buffer_size", at)?;
@@ -427,6 +435,11 @@ fn validate_listener(
         None => gateway_path,
     };
     let acl = parse_acl(&l.allow, &l.deny, at, key)?;
+    let max_connections_per_source = l
+        .max_connections_per_source
+        .as_ref()
+        .map(|v| in_range(v, 1, 100_000_000, &key("max_connections_per_source"), at))
+        .transpose()?;
     Ok(ListenerConfig {
         name: name.to_string(),
         bind,
@@ -435,6 +448,7 @@ fn validate_listener(
         default,
         data_path,
         acl,
+        max_connections_per_source,
     })
 }
 

@@ -46,6 +46,7 @@ pub struct RawGateway {
     pub kernel_max_backlog: Option<Spanned<super::size::RawSize>>,
     pub kernel_max_backlog_total: Option<Spanned<super::size::RawSize>>,
     pub shutdown_grace: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,6 +59,7 @@ pub struct RawListener {
     pub data_path: Option<Spanned<String>>,
     /// A raw TCP listener: every connection goes here, without sniffing.
     pub to: Option<Spanned<String>>,
+    pub max_connections_per_source: Option<Spanned<i64>>,
     pub allow: Option<Spanned<Vec<Spanned<String>>>>,
     pub deny: Option<Spanned<Vec<Spanned<String>>>>,
 }

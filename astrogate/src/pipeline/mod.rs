@@ -4,7 +4,7 @@
 //! `accept` is the runtime's listener loop; it hands each connection here with the config
 //! snapshot that was current when it was accepted, and the connection keeps that snapshot to
 //! its end. Each later stage is a module.
-mod admit;
+pub mod admit;
 pub mod connect;
 mod forward;
 mod preamble;
@@ -27,6 +27,7 @@ use crate::{
     target::TargetHost,
     tunnel::hub::Hub,
 };
+use admit::{Limiter, Rejection};
 use refuse::{close_gracefully, refuse};
 use route::Plan;
 use sniff::SniffError;
@@ -45,6 +46,7 @@ pub struct Snapshot {
 pub struct Shared {
     pub kernel: Option<Arc<KernelPath>>,
     pub tunnels: Arc<Hub>,
+    pub limiter: Arc<Limiter>,
 }
 
 /// Handles a connection to the end and returns its access record.
@@ -73,9 +75,18 @@ async fn serve(
         Ok(a) => a.port(),
         Err(e) => return fail(rec, Outcome::Error, e),
     };
-    if let Err(refusal) = admit::admit(snap, listener, rec.client) {
-        return refuse_admission(snap, listener, client, rec, refusal).await;
-    }
+    // Held to the end of the connection: it counts the connection against the limits.
+    let _admission = match admit::admit(snap, listener, rec.client, &shared.limiter) {
+        Ok(admission) => admission,
+        Err(Rejection::Refused(refusal)) => {
+            return refuse_admission(snap, listener, client, rec, refusal).await
+        }
+        Err(Rejection::Limited(limit)) => {
+            // Closed at once, unread: under a flood, a refusal must cost nothing more.
+            rec.detail = Some(format!("over {limit}"));
+            return Outcome::Limited;
+        }
+    };
     preamble::read(client);
 
     let mut buf = Vec::new();

@@ -9,7 +9,7 @@ use tokio_util::task::TaskTracker;
 use crate::{
     config::ListenerConfig,
     forward::{kernel::KernelPath, sockopt::save_syn},
-    pipeline::{self, record, Shared, Snapshot},
+    pipeline::{self, admit::Limiter, record, Shared, Snapshot},
     tunnel::hub::Hub,
 };
 
@@ -49,6 +49,7 @@ pub struct Context {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub kernel: Arc<ArcSwapOption<KernelPath>>,
     pub tunnels: Arc<Hub>,
+    pub limiter: Arc<Limiter>,
     pub tracker: TaskTracker,
 }
 
@@ -101,6 +102,7 @@ async fn accept_loop(socket: TcpListener, listener: Arc<ArcSwap<ListenerConfig>>
                 let shared = Shared {
                     kernel: ctx.kernel.load_full(),
                     tunnels: ctx.tunnels.clone(),
+                    limiter: ctx.limiter.clone(),
                 };
                 let listener = listener.load_full();
                 ctx.tracker.spawn(async move {

@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::{
     config::{Config, ConfigError, DataPath, ListenerConfig},
     forward::kernel::{KernelLimits, KernelPath, StartError},
-    pipeline::Snapshot,
+    pipeline::{admit::Limiter, Snapshot},
     tunnel::hub::Hub,
 };
 use listeners::{Bound, Context, TunnelBound};
@@ -66,6 +66,7 @@ impl Runtime {
             snapshot: Arc::new(ArcSwap::from_pointee(snapshot_of(&config))),
             kernel: Arc::new(ArcSwapOption::empty()),
             tunnels: Hub::new(),
+            limiter: Limiter::new(),
             tracker: TaskTracker::new(),
         };
         if let Some(kernel) = start_kernel(&config, None)? {
