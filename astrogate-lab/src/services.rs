@@ -255,16 +255,66 @@ pub fn source_reporter(
     name: &str,
     port: u16,
 ) -> Result<Child, LabError> {
+    let binds = format!("  bind 0.0.0.0:{port}\n  bind [::]:{port} v6only\n");
+    reporter(
+        ns,
+        dir,
+        name,
+        &binds,
+        SocketAddr::from(([127, 0, 0, 1], port)),
+    )
+}
+
+/// The same report from HAProxy on `addr` with `accept-proxy`: every connection must start
+/// with a PROXY header (v1 or v2), and the source reported is the one it names.
+pub fn source_reporter_behind_proxy(
+    ns: &Netns,
+    dir: &Workdir,
+    name: &str,
+    addr: SocketAddr,
+) -> Result<Child, LabError> {
+    let binds = format!("  bind {addr} accept-proxy\n");
+    // The readiness probe connects and closes without a header: HAProxy logs it and goes on.
+    reporter(ns, dir, name, &binds, addr)
+}
+
+fn reporter(
+    ns: &Netns,
+    dir: &Workdir,
+    name: &str,
+    binds: &str,
+    ready: SocketAddr,
+) -> Result<Child, LabError> {
     let cfg = dir.write(
         &format!("{name}.cfg"),
         format!(
             "defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
-             frontend web\n  bind 0.0.0.0:{port}\n  bind [::]:{port} v6only\n\
+             frontend web\n{binds}\
              \x20 http-request return status 200 content-type text/plain \
              lf-string \"src=%[src] port=%[src_port]\\n\"\n"
         ),
     )?;
     let cfg = cfg.to_string_lossy().into_owned();
-    let ready = SocketAddr::from(([127, 0, 0, 1], port));
     spawn(ns, dir, name, "haproxy", &["-db", "-f", &cfg], Some(ready))
+}
+
+/// HAProxy in TCP mode on `listen`, passing every connection to `server` with a PROXY header
+/// (`send-proxy` for v1, `send-proxy-v2` for v2): a load balancer in front of the gateway.
+pub fn proxy_sender(
+    ns: &Netns,
+    dir: &Workdir,
+    name: &str,
+    listen: SocketAddr,
+    server: SocketAddr,
+    send: &str,
+) -> Result<Child, LabError> {
+    let cfg = dir.write(
+        &format!("{name}.cfg"),
+        format!(
+            "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+             listen front\n  bind {listen}\n  server gateway {server} {send}\n"
+        ),
+    )?;
+    let cfg = cfg.to_string_lossy().into_owned();
+    spawn(ns, dir, name, "haproxy", &["-db", "-f", &cfg], Some(listen))
 }

@@ -27,6 +27,10 @@ pub enum Outcome {
     UpstreamUnreachable,
     UpstreamTimeout,
     AcmeRedirect,
+    /// A trusted load balancer's PROXY header was missing or broken.
+    BadProxyHeader,
+    /// No byte either way for `gateway.idle_timeout`.
+    IdleTimeout,
 }
 
 impl Outcome {
@@ -58,13 +62,18 @@ impl Outcome {
             Outcome::UpstreamUnreachable => "upstream_unreachable",
             Outcome::UpstreamTimeout => "upstream_timeout",
             Outcome::AcmeRedirect => "acme_redirect",
+            Outcome::BadProxyHeader => "bad_proxy_header",
+            Outcome::IdleTimeout => "idle_timeout",
         }
     }
 }
 
 #[derive(Debug)]
 pub struct AccessRecord {
+    /// The client: the connection's peer, or the one a trusted peer's PROXY header names.
     pub client: SocketAddr,
+    /// The trusted peer (a load balancer) that named the client in a PROXY header.
+    pub via: Option<SocketAddr>,
     pub listener: Arc<str>,
     pub started: Instant,
     pub protocol: Option<Protocol>,
@@ -87,6 +96,7 @@ impl AccessRecord {
     pub fn new(client: SocketAddr, listener: Arc<str>) -> Self {
         Self {
             client,
+            via: None,
             listener,
             started: Instant::now(),
             protocol: None,
@@ -108,6 +118,7 @@ impl AccessRecord {
         tracing::info!(
             target: "astrogate::access",
             client = %self.client,
+            via = %self.via.map_or_else(|| none.to_string(), |a| a.to_string()),
             listener = %self.listener,
             protocol = %self.protocol.map_or(if self.raw { "raw" } else { none }, Protocol::name),
             host = %self.host.as_ref().map_or(none, Hostname::as_str),

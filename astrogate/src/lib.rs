@@ -5,6 +5,7 @@ pub mod config;
 pub mod ebpf;
 pub mod forward;
 pub mod pipeline;
+pub mod proxy_protocol;
 pub mod reply;
 pub mod route;
 pub mod runtime;

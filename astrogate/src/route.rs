@@ -59,6 +59,8 @@ pub struct Route {
     pub listeners: Option<Vec<String>>,
     /// Client addresses this route serves.
     pub acl: crate::acl::SourceAcl,
+    /// A PROXY protocol header to send the upstream first.
+    pub proxy_protocol: Option<crate::proxy_protocol::Version>,
 }
 
 impl Route {
@@ -143,6 +145,7 @@ mod tests {
             acme: None,
             listeners: listeners.map(|l| l.iter().map(|s| s.to_string()).collect()),
             acl: Default::default(),
+            proxy_protocol: None,
         }
     }
 

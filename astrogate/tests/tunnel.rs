@@ -176,6 +176,11 @@ to = "tunnel:alpha:9000"
 [[route]]
 hosts = ["web.test"]
 to = "tunnel:alpha:8080"
+
+[[route]]
+hosts = ["pp.test"]
+to = "tunnel:alpha:8081"
+proxy_protocol = "v2"
 "#
         )
     }
@@ -451,7 +456,9 @@ fn haproxy_reporting_sources(t: &mut TunnelLab) {
         "service-haproxy.cfg",
         "defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
          frontend web\n  bind 0.0.0.0:8080\n  bind [::]:8080 v6only\n\
-         \x20 http-request return status 200 content-type text/plain lf-string \"src=%[src] port=%[src_port]\\n\"\n",
+         \x20 http-request return status 200 content-type text/plain lf-string \"src=%[src] port=%[src_port]\\n\"\n\
+         frontend behind-proxy\n  bind 0.0.0.0:8081 accept-proxy\n  bind [::]:8081 v6only accept-proxy\n\
+         \x20 http-request return status 200 content-type text/plain lf-string \"src=%[src] port=%[src_port] dst=%[dst]\\n\"\n",
     )
     .unwrap();
     let mut cmd = t.svc().command("haproxy");
@@ -474,9 +481,23 @@ fn an_http_service_reports_the_clients_real_source_for_curl_over_v4_and_v6(trans
     haproxy_reporting_sources(&mut t);
     t.start_gateway("splice");
     t.start_client();
-    for (gateway, local) in [
-        (GW_V4.to_string(), "10.201.0.2"),
-        (format!("[{GW_V6}]"), "fd00:201::2"),
+    // pp.test sends a PROXY v2 header through the tunnel to a service that requires one; its
+    // destination is the gateway's listener, not the TUN address the service's socket has.
+    for (gateway, local, host, dst) in [
+        (GW_V4.to_string(), "10.201.0.2", "web.test", ""),
+        (format!("[{GW_V6}]"), "fd00:201::2", "web.test", ""),
+        (
+            GW_V4.to_string(),
+            "10.201.0.2",
+            "pp.test",
+            " dst=10.201.0.1",
+        ),
+        (
+            format!("[{GW_V6}]"),
+            "fd00:201::2",
+            "pp.test",
+            " dst=fd00:201::1",
+        ),
     ] {
         let out = t
             .inet()
@@ -486,7 +507,7 @@ fn an_http_service_reports_the_clients_real_source_for_curl_over_v4_and_v6(trans
                 "--max-time",
                 "10",
                 "-H",
-                "Host: web.test",
+                &format!("Host: {host}"),
                 "-w",
                 "local=%{local_ip} %{local_port}\n",
             ])
@@ -504,7 +525,7 @@ fn an_http_service_reports_the_clients_real_source_for_curl_over_v4_and_v6(trans
             .find_map(|l| l.strip_prefix(&format!("local={local} ")))
             .unwrap_or_else(|| panic!("curl's local address is {local}: {text}"));
         assert!(
-            text.contains(&format!("src={local} port={port}\n")),
+            text.contains(&format!("src={local} port={port}{dst}\n")),
             "HAProxy must see curl's own address and port: {text}"
         );
     }

@@ -17,6 +17,17 @@ pub fn describe(config: &Config) -> String {
     if let Some(max) = g.max_connections {
         let _ = writeln!(out, "gateway: at most {max} open client connections");
     }
+    match g.idle_timeout {
+        Some(idle) => {
+            let _ = writeln!(out, "gateway: idle connections closed after {idle:?}");
+        }
+        None => {
+            let _ = writeln!(out, "gateway: idle connections are never closed");
+        }
+    }
+    if let Some(bind) = config.metrics {
+        let _ = writeln!(out, "metrics: http://{bind}/metrics");
+    }
     let _ = writeln!(out, "\nlisteners:");
     for l in &config.listeners {
         let binds: Vec<String> = l.bind.iter().map(ToString::to_string).collect();
@@ -47,6 +58,21 @@ pub fn describe(config: &Config) -> String {
         }
         if let Some(max) = l.max_connections_per_source {
             let _ = writeln!(out, "    limit     {max} open connections per source");
+        }
+        if !l.proxy_protocol_from.is_empty() {
+            let from: Vec<String> = l
+                .proxy_protocol_from
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            let _ = writeln!(
+                out,
+                "    PROXY in  required from {} (the client is the one the header names)",
+                from.join(" ")
+            );
+        }
+        if let Some(version) = l.proxy_protocol {
+            let _ = writeln!(out, "    PROXY out {version} to `to`/`default`");
         }
     }
     let _ = writeln!(
@@ -79,6 +105,9 @@ pub fn describe(config: &Config) -> String {
         }
         if !r.acl.is_open() {
             let _ = write!(out, "; sources {}", r.acl);
+        }
+        if let Some(version) = r.proxy_protocol {
+            let _ = write!(out, "; sends PROXY {version}");
         }
         let _ = writeln!(out);
     }

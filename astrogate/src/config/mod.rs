@@ -17,11 +17,13 @@ use std::{
     time::Duration,
 };
 
+use ipnet::IpNet;
 use toml::Spanned;
 
 pub use crate::target::{Target, TargetHost};
 use crate::{
     acl::{self, SourceAcl},
+    proxy_protocol::Version as ProxyVersion,
     route::{AcmeAction, HostPattern, Route, RouteTable},
     sniff::{Hostname, Protocol},
 };
@@ -48,6 +50,9 @@ pub const DEFAULT_KERNEL_MAX_BACKLOG: u64 = 4 << 20;
 pub const DEFAULT_KERNEL_MAX_BACKLOG_TOTAL: u64 = 256 << 20;
 /// Default for `gateway.shutdown_grace`: how long SIGTERM lets established connections finish.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Default for `gateway.idle_timeout`: nginx stream's `proxy_timeout` default. Long enough for
+/// an idle SSH or XMPP session between keepalives, short enough that abandoned connections go.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Which forwarding path established connections take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +102,8 @@ pub struct GatewaySettings {
     pub shutdown_grace: Duration,
     /// Open client connections over all listeners beyond which new ones are closed at once.
     pub max_connections: Option<usize>,
+    /// An established connection with no byte either way for this long is closed; `None`: never.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for GatewaySettings {
@@ -112,6 +119,7 @@ impl Default for GatewaySettings {
             kernel_max_backlog_total: DEFAULT_KERNEL_MAX_BACKLOG_TOTAL,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             max_connections: None,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
         }
     }
 }
@@ -132,6 +140,18 @@ pub struct ListenerConfig {
     pub acl: SourceAcl,
     /// Open connections one client address (IPv6: one /64) may hold on this listener.
     pub max_connections_per_source: Option<usize>,
+    /// Sources that must start with a PROXY header; the client is then the one it names.
+    pub proxy_protocol_from: Vec<IpNet>,
+    /// A PROXY header to send to `to` or `default` (routes set their own).
+    pub proxy_protocol: Option<ProxyVersion>,
+}
+
+impl ListenerConfig {
+    /// Whether a connection from `peer` must start with a PROXY header.
+    pub fn expects_proxy_header(&self, peer: std::net::IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.proxy_protocol_from.iter().any(|n| n.contains(&peer))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +162,8 @@ pub struct Config {
     pub routes: RouteTable,
     /// `[tunnels]` with its `[[tunnel]]` clients, when this gateway serves tunnels.
     pub tunnels: Option<TunnelsConfig>,
+    /// `[metrics] bind`: where the Prometheus endpoint listens.
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -252,12 +274,27 @@ fn validate(path: &Path, raw: RawConfig, at: &Locator<'_>) -> Result<Config, Con
         })?;
     }
     let tunnels = tunnels::validate(&raw, path, at)?;
+    let metrics = raw
+        .metrics
+        .as_ref()
+        .map(|m| {
+            let bind = &m.get_ref().bind;
+            bind.get_ref().parse::<SocketAddr>().map_err(|_| {
+                at.at(
+                    bind,
+                    "metrics.bind",
+                    format!("`{}` is not \"ip:port\" or \"[v6]:port\"", bind.get_ref()),
+                )
+            })
+        })
+        .transpose()?;
     Ok(Config {
         source: path.to_path_buf(),
         gateway,
         listeners,
         routes,
         tunnels,
+        metrics,
     })
 }
 
@@ -326,6 +363,11 @@ fn validate_gateway(g: &raw::RawGateway, at: &Locator<'_>) -> Result<GatewaySett
     }
     if let Some(v) = &g.shutdown_grace {
         s.shutdown_grace = duration(v, "gateway.shutdown_grace")?;
+    }
+    if let Some(v) = &g.idle_timeout {
+        // "0s" turns it off, as `timeout 0` does in nginx.
+        let idle = duration(v, "gateway.idle_timeout")?;
+        s.idle_timeout = (!idle.is_zero()).then_some(idle);
     }
     Ok(s)
 }
@@ -440,6 +482,11 @@ fn validate_listener(
         .as_ref()
         .map(|v| in_range(v, 1, 100_000_000, &key("max_connections_per_source"), at))
         .transpose()?;
+    let proxy_protocol_from = match &l.proxy_protocol_from {
+        Some(list) => cidr_list(list, at, &key("proxy_protocol_from"))?,
+        None => Vec::new(),
+    };
+    let proxy_protocol = proxy_version(&l.proxy_protocol, at, &key("proxy_protocol"))?;
     Ok(ListenerConfig {
         name: name.to_string(),
         bind,
@@ -449,6 +496,8 @@ fn validate_listener(
         data_path,
         acl,
         max_connections_per_source,
+        proxy_protocol_from,
+        proxy_protocol,
     })
 }
 
@@ -549,12 +598,14 @@ fn validate_route(
         }
     };
     let acl = parse_acl(&r.allow, &r.deny, at, key)?;
+    let proxy_protocol = proxy_version(&r.proxy_protocol, at, &key("proxy_protocol"))?;
     Ok(Route {
         hosts,
         to,
         acme,
         listeners: route_listeners,
         acl,
+        proxy_protocol,
     })
 }
 
@@ -565,18 +616,35 @@ fn parse_acl(
     at: &Locator<'_>,
     key: &dyn Fn(&str) -> String,
 ) -> Result<SourceAcl, ConfigError> {
-    let blocks = |list: &Spanned<Vec<Spanned<String>>>, name: &str| {
-        list.get_ref()
-            .iter()
-            .map(|b| acl::parse_block(b.get_ref()).map_err(|e| at.at(b, &key(name), e)))
-            .collect::<Result<Vec<_>, _>>()
-    };
+    let blocks = |list: &Spanned<Vec<Spanned<String>>>, name: &str| cidr_list(list, at, &key(name));
     let allow = allow.as_ref().map(|a| blocks(a, "allow")).transpose()?;
     let deny = match deny {
         Some(d) => blocks(d, "deny")?,
         None => Vec::new(),
     };
     Ok(SourceAcl::new(allow, deny))
+}
+
+fn proxy_version(
+    v: &Option<Spanned<String>>,
+    at: &Locator<'_>,
+    key: &str,
+) -> Result<Option<ProxyVersion>, ConfigError> {
+    v.as_ref()
+        .map(|v| v.get_ref().parse().map_err(|e| at.at(v, key, e)))
+        .transpose()
+}
+
+/// A list of CIDR blocks or single addresses.
+fn cidr_list(
+    list: &Spanned<Vec<Spanned<String>>>,
+    at: &Locator<'_>,
+    key: &str,
+) -> Result<Vec<IpNet>, ConfigError> {
+    list.get_ref()
+        .iter()
+        .map(|b| acl::parse_block(b.get_ref()).map_err(|e| at.at(b, key, e)))
+        .collect()
 }
 
 /// Validates an `acme_redirect` base URL. ACME CAs follow redirects only to http or https on

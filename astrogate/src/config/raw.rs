@@ -15,6 +15,14 @@ pub struct RawConfig {
     pub tunnels: Option<Spanned<RawTunnels>>,
     #[serde(default)]
     pub tunnel: Vec<Spanned<RawTunnel>>,
+    pub metrics: Option<Spanned<RawMetrics>>,
+}
+
+/// `[metrics]`: where the Prometheus endpoint listens.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub bind: Spanned<String>,
 }
 
 /// `[tunnels]`: where tunnel clients connect, and the gateway's own key.
@@ -47,6 +55,7 @@ pub struct RawGateway {
     pub kernel_max_backlog_total: Option<Spanned<super::size::RawSize>>,
     pub shutdown_grace: Option<Spanned<String>>,
     pub max_connections: Option<Spanned<i64>>,
+    pub idle_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,6 +71,10 @@ pub struct RawListener {
     pub max_connections_per_source: Option<Spanned<i64>>,
     pub allow: Option<Spanned<Vec<Spanned<String>>>>,
     pub deny: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Sources that must start with a PROXY protocol header.
+    pub proxy_protocol_from: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Send a PROXY protocol header to `to` or `default`.
+    pub proxy_protocol: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,4 +87,6 @@ pub struct RawRoute {
     pub listeners: Option<Spanned<Vec<Spanned<String>>>>,
     pub allow: Option<Spanned<Vec<Spanned<String>>>>,
     pub deny: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Send a PROXY protocol header ("v1" or "v2") to the upstream.
+    pub proxy_protocol: Option<Spanned<String>>,
 }

@@ -1,11 +1,12 @@
-//! The admit stage: whether a connection may be served at all, before a byte is read.
+//! The admit stage: whether a connection may be served at all.
 //!
-//! The listener's `allow` and `deny` lists, the gateway's `max_connections` and the listener's
-//! `max_connections_per_source` are checked here, where a refusal costs nothing but the
-//! accepted socket.
+//! The gateway's `max_connections` is checked before a byte is read. The listener's `allow`
+//! and `deny` lists and its `max_connections_per_source` are checked as soon as the client is
+//! known: at once for an ordinary connection, after the PROXY header for one from a trusted
+//! load balancer. Either way a refusal costs nothing but the accepted socket.
 use std::{
     collections::HashMap,
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc, Mutex,
@@ -73,46 +74,31 @@ impl Limiter {
 #[derive(Debug)]
 pub struct Admission {
     limiter: Arc<Limiter>,
-    key: (Arc<str>, SourceKey),
+    /// Set once the source is known and counted.
+    key: Option<(Arc<str>, SourceKey)>,
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
         self.limiter.open.fetch_sub(1, Ordering::Relaxed);
+        let Some(key) = &self.key else { return };
         let mut per_source = self.limiter.per_source();
-        if let Some(n) = per_source.get_mut(&self.key) {
+        if let Some(n) = per_source.get_mut(key) {
             *n -= 1;
             if *n == 0 {
-                per_source.remove(&self.key);
+                per_source.remove(key);
             }
         }
     }
 }
 
-pub fn admit(
-    snapshot: &Snapshot,
-    listener: &ListenerConfig,
-    client: SocketAddr,
-    limiter: &Arc<Limiter>,
-) -> Result<Admission, Rejection> {
-    if !listener.acl.permits(client.ip()) {
-        return Err(Rejection::Refused(Refusal::Denied));
-    }
-    let key = (
-        Arc::from(listener.name.as_str()),
-        SourceKey::of(client.ip()),
-    );
+/// Counts a new connection against `gateway.max_connections`, before a byte is read.
+pub fn admit(snapshot: &Snapshot, limiter: &Arc<Limiter>) -> Result<Admission, Rejection> {
     let open = limiter.open.fetch_add(1, Ordering::Relaxed) + 1;
-    let from_source = {
-        let mut per_source = limiter.per_source();
-        let n = per_source.entry(key.clone()).or_insert(0);
-        *n += 1;
-        *n
-    };
-    // From here on the admission gives both counts back, whatever happens.
+    // From here on the admission gives the count back, whatever happens.
     let admission = Admission {
         limiter: limiter.clone(),
-        key,
+        key: None,
     };
     if snapshot
         .settings
@@ -121,13 +107,33 @@ pub fn admit(
     {
         return Err(Rejection::Limited("gateway.max_connections"));
     }
-    if listener
-        .max_connections_per_source
-        .is_some_and(|max| from_source > max)
-    {
-        return Err(Rejection::Limited("max_connections_per_source"));
-    }
     Ok(admission)
+}
+
+impl Admission {
+    /// Checks the client's address against the listener's `allow` and `deny` lists and counts
+    /// it against `max_connections_per_source`. The client is the connection's peer, or the
+    /// one a trusted peer's PROXY header names, so this runs after the preamble stage.
+    pub fn source(&mut self, listener: &ListenerConfig, client: IpAddr) -> Result<(), Rejection> {
+        if !listener.acl.permits(client) {
+            return Err(Rejection::Refused(Refusal::Denied));
+        }
+        let key = (Arc::from(listener.name.as_str()), SourceKey::of(client));
+        let from_source = {
+            let mut per_source = self.limiter.per_source();
+            let n = per_source.entry(key.clone()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        self.key = Some(key);
+        if listener
+            .max_connections_per_source
+            .is_some_and(|max| from_source > max)
+        {
+            return Err(Rejection::Limited("max_connections_per_source"));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -160,7 +166,7 @@ mod tests {
                 *limiter.per_source().entry(key.clone()).or_insert(0) += 1;
                 Admission {
                     limiter: limiter.clone(),
-                    key: key.clone(),
+                    key: Some(key.clone()),
                 }
             })
             .collect();

@@ -15,12 +15,13 @@ mod sniff;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use tokio::net::TcpStream;
+use tokio::{net::TcpStream, time::Instant};
 
 use crate::{
     access_log::{AccessRecord, Outcome},
     config::{DataPath, GatewaySettings, ListenerConfig},
     forward::{kernel::KernelPath, userspace::reset_on_close, userspace::write_all},
+    proxy_protocol,
     reply::{self, Refusal},
     route::RouteTable,
     sniff::{dial::DialStatus, Detected},
@@ -71,25 +72,46 @@ async fn serve(
     rec: &mut AccessRecord,
 ) -> Outcome {
     let _ = client.set_nodelay(true);
-    let local_port = match client.local_addr() {
-        Ok(a) => a.port(),
+    let mut local = match client.local_addr() {
+        Ok(a) => a,
         Err(e) => return fail(rec, Outcome::Error, e),
     };
+    let local_port = local.port();
     // Held to the end of the connection: it counts the connection against the limits.
-    let _admission = match admit::admit(snap, listener, rec.client, &shared.limiter) {
+    let mut admission = match admit::admit(snap, &shared.limiter) {
         Ok(admission) => admission,
-        Err(Rejection::Refused(refusal)) => {
-            return refuse_admission(snap, listener, client, rec, refusal).await
-        }
-        Err(Rejection::Limited(limit)) => {
-            // Closed at once, unread: under a flood, a refusal must cost nothing more.
-            rec.detail = Some(format!("over {limit}"));
-            return Outcome::Limited;
-        }
+        Err(rejection) => return reject(rejection, rec),
     };
-    preamble::read(client);
-
+    // One deadline and one byte cap for the PROXY header and the sniffed preamble together.
+    let deadline = Instant::now() + snap.settings.sniff_timeout;
     let mut buf = Vec::new();
+    let mut consumed = 0;
+    if listener.expects_proxy_header(rec.client.ip()) {
+        let max = snap.settings.max_sniff_bytes;
+        match preamble::read(client, deadline, max, &mut buf).await {
+            Ok(header) => {
+                consumed = header.len;
+                if let Some((source, destination)) = header.addresses {
+                    rec.via = Some(rec.client);
+                    rec.client = source;
+                    local = destination;
+                }
+            }
+            Err(e) => {
+                rec.detail = Some(e.to_string());
+                close_gracefully(client).await;
+                return e.outcome();
+            }
+        }
+    }
+    match admission.source(listener, rec.client.ip()) {
+        Ok(()) => {}
+        Err(Rejection::Refused(refusal)) => {
+            return refuse_admission(snap, listener, client, rec, refusal, deadline, buf).await
+        }
+        Err(limited) => return reject(limited, rec),
+    }
+
     let (detected, plan) = match &listener.to {
         // A raw listener forwards everything to its one target, unsniffed.
         Some(to) => (
@@ -97,24 +119,32 @@ async fn serve(
             Some(Plan::Connect {
                 target: to.clone(),
                 default_port: local_port,
+                proxy: listener.proxy_protocol,
             }),
         ),
         None => {
-            let detected =
-                match sniff::sniff(client, &listener.protocols, &snap.settings, &mut buf).await {
-                    Ok(d) => d,
-                    Err(SniffError::Malformed(protocol, why)) => {
-                        rec.protocol = Some(protocol);
-                        rec.detail = Some(why.to_string());
-                        refuse(client, Some(protocol), Refusal::Malformed).await;
-                        return Outcome::Malformed;
-                    }
-                    Err(e) => {
-                        rec.detail = Some(e.to_string());
-                        close_gracefully(client).await;
-                        return e.outcome();
-                    }
-                };
+            let sniffed = sniff::sniff(
+                client,
+                &listener.protocols,
+                &snap.settings,
+                deadline,
+                &mut buf,
+            )
+            .await;
+            let detected = match sniffed {
+                Ok(d) => d,
+                Err(SniffError::Malformed(protocol, why)) => {
+                    rec.protocol = Some(protocol);
+                    rec.detail = Some(why.to_string());
+                    refuse(client, Some(protocol), Refusal::Malformed).await;
+                    return Outcome::Malformed;
+                }
+                Err(e) => {
+                    rec.detail = Some(e.to_string());
+                    close_gracefully(client).await;
+                    return e.outcome();
+                }
+            };
             rec.protocol = detected.as_ref().map(Detected::protocol);
             rec.host = detected.as_ref().and_then(Detected::host).cloned();
             let plan = route::plan(
@@ -127,7 +157,7 @@ async fn serve(
             (detected, plan)
         }
     };
-    let (target, default_port) = match plan {
+    let (target, default_port, proxy) = match plan {
         None => {
             refuse(client, rec.protocol, Refusal::NoRoute).await;
             return if detected.is_some() {
@@ -149,7 +179,8 @@ async fn serve(
         Some(Plan::Connect {
             target,
             default_port,
-        }) => (target, default_port),
+            proxy,
+        }) => (target, default_port, proxy),
     };
     rec.target = Some(target.to_string());
 
@@ -170,6 +201,14 @@ async fn serve(
         };
     rec.upstream = Some(addr);
 
+    // The upstream learns who the client is before any of the client's bytes.
+    if let Some(version) = proxy {
+        let header = proxy_protocol::encode(version, rec.client, local);
+        if let Err(e) = write_all(&upstream, &header).await {
+            reset_on_close(client);
+            return fail(rec, Outcome::UpstreamReset, e);
+        }
+    }
     // The dial header is the one preamble the gateway consumes; everything else is replayed
     // exactly as the client sent it.
     let mut replay = &buf[..];
@@ -195,7 +234,7 @@ async fn serve(
     let done = match forward::forward(
         data_path,
         rec.protocol,
-        buf.len() as u64,
+        (consumed + buf.len()) as u64,
         snap,
         shared,
         client,
@@ -232,10 +271,12 @@ async fn refuse_admission(
     client: &TcpStream,
     rec: &mut AccessRecord,
     refusal: Refusal,
+    deadline: Instant,
+    mut buf: Vec<u8>,
 ) -> Outcome {
-    let mut buf = Vec::new();
     if listener.to.is_none() {
-        match sniff::sniff(client, &listener.protocols, &snap.settings, &mut buf).await {
+        let protocols = &listener.protocols;
+        match sniff::sniff(client, protocols, &snap.settings, deadline, &mut buf).await {
             Ok(Some(detected)) => {
                 rec.protocol = Some(detected.protocol());
                 rec.host = detected.host().cloned();
@@ -246,6 +287,18 @@ async fn refuse_admission(
     }
     refuse(client, rec.protocol, refusal).await;
     Outcome::Denied
+}
+
+/// A connection over a limit: closed at once, unread. Under a flood, a refusal must cost
+/// nothing more.
+fn reject(rejection: Rejection, rec: &mut AccessRecord) -> Outcome {
+    match rejection {
+        Rejection::Limited(limit) => {
+            rec.detail = Some(format!("over {limit}"));
+            Outcome::Limited
+        }
+        Rejection::Refused(_) => Outcome::Denied,
+    }
 }
 
 fn fail(rec: &mut AccessRecord, outcome: Outcome, e: std::io::Error) -> Outcome {

@@ -3,6 +3,7 @@ use std::net::IpAddr;
 
 use crate::{
     config::{ListenerConfig, Target},
+    proxy_protocol::Version as ProxyVersion,
     route::{AcmeAction, RouteTable},
     sniff::Detected,
 };
@@ -11,6 +12,8 @@ pub enum Plan {
     Connect {
         target: Target,
         default_port: u16,
+        /// A PROXY header to send the upstream first.
+        proxy: Option<ProxyVersion>,
     },
     Redirect(String),
     /// A route serves the name, but not to this client's address.
@@ -29,9 +32,10 @@ pub fn plan(
         Some(Detected::Dial(req)) => req.port,
         _ => local_port,
     };
-    let connect = |target: &Target| Plan::Connect {
+    let connect = |target: &Target, proxy| Plan::Connect {
         target: target.clone(),
         default_port,
+        proxy,
     };
     let route = detected
         .and_then(Detected::host)
@@ -39,14 +43,18 @@ pub fn plan(
     match (detected, route) {
         (_, Some(route)) if !route.acl.permits(client) => Some(Plan::Denied),
         (Some(Detected::Acme(challenge)), Some(route)) => Some(match &route.acme {
-            Some(AcmeAction::Proxy(target)) => connect(target),
+            // An ACME responder is not the route's service: it gets no PROXY header.
+            Some(AcmeAction::Proxy(target)) => connect(target, None),
             Some(AcmeAction::Redirect(base)) => Plan::Redirect(format!("{base}{}", challenge.path)),
-            None => connect(&route.to),
+            None => connect(&route.to, route.proxy_protocol),
         }),
-        (_, Some(route)) => Some(connect(&route.to)),
+        (_, Some(route)) => Some(connect(&route.to, route.proxy_protocol)),
         // A dial names its destination explicitly; sending it to a default would connect the
         // client somewhere it did not ask for.
         (Some(Detected::Dial(_)), None) => None,
-        (_, None) => listener.default.as_ref().map(connect),
+        (_, None) => listener
+            .default
+            .as_ref()
+            .map(|to| connect(to, listener.proxy_protocol)),
     }
 }

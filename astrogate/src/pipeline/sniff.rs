@@ -36,7 +36,8 @@ impl SniffError {
 }
 
 /// Reads until the listener's sniffers decide, within the time and byte budget. The whole
-/// budget is one deadline, so a client trickling a byte at a time gains nothing.
+/// budget is one deadline (shared with the preamble stage), so a client trickling a byte at a
+/// time gains nothing. `buf` may already hold bytes that followed a PROXY header.
 ///
 /// Classifying reads the whole buffer, so doing it after every read made a one-byte trickle
 /// cost O(n^2) up to `max_sniff_bytes`. A buffer past `CHEAP_SNIFF` bytes is classified again
@@ -47,9 +48,9 @@ pub async fn sniff(
     client: &TcpStream,
     protocols: &[Protocol],
     settings: &GatewaySettings,
+    deadline: Instant,
     buf: &mut Vec<u8>,
 ) -> Result<Option<Detected>, SniffError> {
-    let deadline = Instant::now() + settings.sniff_timeout;
     let max = settings.max_sniff_bytes;
     let mut rescan = Rescan::default();
     let mut quiet = false;
