@@ -276,3 +276,82 @@ fn shutdown_grace_is_a_duration() {
         .to_string();
     assert!(bad.contains(":2:18: gateway.shutdown_grace:"), "{bad}");
 }
+
+#[test]
+fn idle_timeout_defaults_to_ten_minutes_and_zero_disables_it() {
+    let raw = "[[listener]]\nname = \"x\"\nbind = [\"0.0.0.0:22\"]\nto = \"10.0.0.1:22\"\n";
+    let with = |g: &str| parse(&format!("[gateway]\n{g}\n{raw}"));
+    assert_eq!(
+        with("").unwrap().gateway.idle_timeout,
+        Some(Duration::from_secs(600))
+    );
+    assert_eq!(
+        with("idle_timeout = \"90s\"").unwrap().gateway.idle_timeout,
+        Some(Duration::from_secs(90))
+    );
+    assert_eq!(
+        with("idle_timeout = \"0s\"").unwrap().gateway.idle_timeout,
+        None
+    );
+    assert_error(
+        &format!("[gateway]\nidle_timeout = \"later\"\n{raw}"),
+        2,
+        "gateway.idle_timeout",
+        "",
+    );
+}
+
+#[test]
+fn metrics_bind_is_an_address() {
+    let ok = parse(&format!("[metrics]\nbind = \"127.0.0.1:9100\"\n{MINIMAL}")).unwrap();
+    assert_eq!(ok.metrics, Some("127.0.0.1:9100".parse().unwrap()));
+    assert_eq!(parse(MINIMAL).unwrap().metrics, None);
+    assert_error(
+        &format!("[metrics]\nbind = \"localhost\"\n{MINIMAL}"),
+        2,
+        "metrics.bind",
+        "ip:port",
+    );
+}
+
+#[test]
+fn proxy_protocol_keys() {
+    let c = parse(
+        r#"
+[[listener]]
+name = "front"
+bind = ["0.0.0.0:443"]
+protocols = ["tls"]
+proxy_protocol_from = ["10.0.0.0/8", "127.0.0.1/32", "::1"]
+
+[[route]]
+hosts = ["a.test"]
+to = "10.1.1.1:443"
+proxy_protocol = "v2"
+
+[[route]]
+hosts = ["b.test"]
+to = "10.1.1.2:443"
+proxy_protocol = "v1"
+"#,
+    )
+    .unwrap();
+    let l = &c.listeners[0];
+    assert!(l.expects_proxy_header("10.9.8.7".parse().unwrap()));
+    assert!(l.expects_proxy_header("::1".parse().unwrap()));
+    assert!(!l.expects_proxy_header("127.0.0.2".parse().unwrap()));
+    let versions: Vec<_> = c.routes.routes().iter().map(|r| r.proxy_protocol).collect();
+    assert_eq!(versions, [Some(ProxyVersion::V2), Some(ProxyVersion::V1)]);
+    assert_error(
+        "[[listener]]\nname = \"x\"\nbind = [\"0.0.0.0:1\"]\nprotocols = [\"tls\"]\nproxy_protocol_from = [\"10.0.0.0/33\"]\n",
+        5,
+        "listener[0].proxy_protocol_from",
+        "",
+    );
+    assert_error(
+        "[[listener]]\nname = \"x\"\nbind = [\"0.0.0.0:1\"]\nto = \"10.0.0.1:1\"\nproxy_protocol = \"v3\"\n",
+        5,
+        "listener[0].proxy_protocol",
+        "v1",
+    );
+}

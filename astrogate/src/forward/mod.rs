@@ -2,6 +2,7 @@
 //!
 //! The path is chosen per connection. User space copying is always available and is the
 //! fallback; the kernel path (eBPF sockmap) is added beside it.
+pub mod idle;
 pub mod kernel;
 pub(crate) mod sockopt;
 pub mod splice;

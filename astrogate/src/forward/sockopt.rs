@@ -84,6 +84,11 @@ pub fn received_total(fd: RawFd) -> io::Result<u64> {
     Ok(tcp_info(fd)?.tcpi_bytes_received)
 }
 
+/// Bytes the peer has acknowledged since the socket was opened.
+pub fn acked_total(fd: RawFd) -> io::Result<u64> {
+    Ok(tcp_info(fd)?.tcpi_bytes_acked)
+}
+
 /// Makes a listening socket keep each accepted connection's SYN headers (TCP_SAVE_SYN), so
 /// the kernel path can learn where the client's byte stream starts in sequence space.
 pub fn save_syn(fd: RawFd) -> io::Result<()> {

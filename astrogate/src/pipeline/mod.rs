@@ -231,7 +231,7 @@ async fn serve(
         (TargetHost::Tunnel(_), DataPath::Kernel) => DataPath::Splice,
         (_, setting) => setting,
     };
-    let done = match forward::forward(
+    let (done, idle) = match forward::forward(
         data_path,
         rec.protocol,
         (consumed + buf.len()) as u64,
@@ -242,7 +242,7 @@ async fn serve(
     )
     .await
     {
-        Ok(done) => done,
+        Ok(forward::Forwarded { forwarded, idle }) => (forwarded, idle),
         Err(e) => {
             reset_on_close(client);
             reset_on_close(&upstream);
@@ -253,7 +253,11 @@ async fn serve(
     rec.up_bytes += done.up_bytes;
     rec.down_bytes = done.down_bytes;
     rec.copied_bytes += done.copied_bytes;
-    let outcome = Outcome::of(&done);
+    let outcome = if idle {
+        Outcome::IdleTimeout
+    } else {
+        Outcome::of(&done)
+    };
     if outcome != Outcome::Ok {
         rec.detail = Some(format!("up: {:?}, down: {:?}", done.up_end, done.down_end));
     }
