@@ -1,11 +1,12 @@
 //! Listening sockets and their accept loops (the accept stage).
-use std::{io, net::SocketAddr, os::fd::AsRawFd, sync::Arc, time::Duration};
+use std::{io, net::SocketAddr, os::fd::AsRawFd, sync::Arc};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use socket2::{Domain, Socket, Type};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::task::TaskTracker;
 
+use super::backoff::AcceptBackoff;
 use crate::{
     config::ListenerConfig,
     forward::{kernel::KernelPath, sockopt::save_syn},
@@ -94,9 +95,11 @@ pub(super) fn bind_one(addr: SocketAddr, kernel_path: bool) -> io::Result<TcpLis
 }
 
 async fn accept_loop(socket: TcpListener, listener: Arc<ArcSwap<ListenerConfig>>, ctx: Context) {
+    let mut backoff = AcceptBackoff::default();
     loop {
         match socket.accept().await {
             Ok((stream, peer)) => {
+                backoff.succeeded(&listener.load().name);
                 // The connection keeps the config that was current when it arrived.
                 let snapshot = ctx.snapshot.load_full();
                 let shared = Shared {
@@ -111,10 +114,9 @@ async fn accept_loop(socket: TcpListener, listener: Arc<ArcSwap<ListenerConfig>>
                 });
             }
             Err(e) => {
-                // Out of descriptors or memory: back off instead of spinning, keep serving.
-                let name = listener.load().name.clone();
-                tracing::warn!(listener = %name, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                if let Some(pause) = backoff.failed(&listener.load().name, &e) {
+                    tokio::time::sleep(pause).await;
+                }
             }
         }
     }
@@ -139,15 +141,19 @@ pub fn bind_tunnels(addr: SocketAddr, hub: Arc<Hub>) -> io::Result<TunnelBound> 
     let socket = bind_one(addr, false)?;
     let local = socket.local_addr()?;
     let task = tokio::spawn(async move {
+        let what = format!("tunnels {addr}");
+        let mut backoff = AcceptBackoff::default();
         loop {
             match socket.accept().await {
                 Ok((stream, peer)) => {
+                    backoff.succeeded(&what);
                     let _ = stream.set_nodelay(true);
                     tokio::spawn(hub.clone().serve_connection(stream, peer));
                 }
                 Err(e) => {
-                    tracing::warn!(%addr, error = %e, "tunnel accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if let Some(pause) = backoff.failed(&what, &e) {
+                        tokio::time::sleep(pause).await;
+                    }
                 }
             }
         }

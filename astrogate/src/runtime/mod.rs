@@ -1,5 +1,6 @@
 //! What outlives a config: the listening sockets, the kernel path and the connections in
 //! flight. The config itself is an immutable snapshot that `reload` swaps whole.
+mod backoff;
 mod listeners;
 
 use std::{
