@@ -4,6 +4,7 @@ pub mod acl;
 pub mod config;
 pub mod ebpf;
 pub mod forward;
+pub mod metrics;
 pub mod pipeline;
 pub mod proxy_protocol;
 pub mod reply;

@@ -39,13 +39,19 @@ pub enum PathKind {
     Kernel,
 }
 
-impl fmt::Display for PathKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl PathKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
             PathKind::Userspace => "userspace",
             PathKind::Splice => "splice",
             PathKind::Kernel => "kernel",
-        })
+        }
+    }
+}
+
+impl fmt::Display for PathKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

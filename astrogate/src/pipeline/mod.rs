@@ -21,6 +21,7 @@ use crate::{
     access_log::{AccessRecord, Outcome},
     config::{DataPath, GatewaySettings, ListenerConfig},
     forward::{kernel::KernelPath, userspace::reset_on_close, userspace::write_all},
+    metrics::Metrics,
     proxy_protocol,
     reply::{self, Refusal},
     route::RouteTable,
@@ -41,13 +42,14 @@ pub struct Snapshot {
     pub routes: RouteTable,
 }
 
-/// What outlives a config and every stage may use: the loaded kernel path and the tunnel
-/// sessions.
+/// What outlives a config and every stage may use: the loaded kernel path, the tunnel
+/// sessions, the limits' counts and the metrics.
 #[derive(Clone)]
 pub struct Shared {
     pub kernel: Option<Arc<KernelPath>>,
     pub tunnels: Arc<Hub>,
     pub limiter: Arc<Limiter>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Handles a connection to the end and returns its access record.
@@ -145,6 +147,9 @@ async fn serve(
                     return e.outcome();
                 }
             };
+            if detected.is_some() {
+                shared.metrics.sniffed(rec.started.elapsed());
+            }
             rec.protocol = detected.as_ref().map(Detected::protocol);
             rec.host = detected.as_ref().and_then(Detected::host).cloned();
             let plan = route::plan(
@@ -185,9 +190,13 @@ async fn serve(
     rec.target = Some(target.to_string());
 
     let timeout = snap.settings.connect_timeout;
+    let connecting = Instant::now();
     let (upstream, addr) =
         match connect::open(&target, default_port, timeout, &shared.tunnels, rec.client).await {
-            Ok(ok) => ok,
+            Ok(ok) => {
+                shared.metrics.connected(connecting.elapsed());
+                ok
+            }
             Err(e) => {
                 let (refusal, outcome) = if e.is_timeout() {
                     (Refusal::Timeout, Outcome::UpstreamTimeout)

@@ -1,7 +1,8 @@
-//! The record stage: where a finished connection's record goes. The access log now; metrics
-//! will be a second sink (issue 10).
-use crate::access_log::AccessRecord;
+//! The record stage: where a finished connection's record goes. The access log, and the
+//! metrics.
+use crate::{access_log::AccessRecord, metrics::Metrics};
 
-pub fn record(rec: &AccessRecord) {
+pub fn record(rec: &AccessRecord, metrics: &Metrics) {
     rec.emit();
+    metrics.record(rec);
 }

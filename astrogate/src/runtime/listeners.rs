@@ -10,6 +10,7 @@ use super::backoff::AcceptBackoff;
 use crate::{
     config::ListenerConfig,
     forward::{kernel::KernelPath, sockopt::save_syn},
+    metrics::Metrics,
     pipeline::{self, admit::Limiter, record, Shared, Snapshot},
     tunnel::hub::Hub,
 };
@@ -51,6 +52,7 @@ pub struct Context {
     pub kernel: Arc<ArcSwapOption<KernelPath>>,
     pub tunnels: Arc<Hub>,
     pub limiter: Arc<Limiter>,
+    pub metrics: Arc<Metrics>,
     pub tracker: TaskTracker,
 }
 
@@ -106,11 +108,15 @@ async fn accept_loop(socket: TcpListener, listener: Arc<ArcSwap<ListenerConfig>>
                     kernel: ctx.kernel.load_full(),
                     tunnels: ctx.tunnels.clone(),
                     limiter: ctx.limiter.clone(),
+                    metrics: ctx.metrics.clone(),
                 };
                 let listener = listener.load_full();
+                let active = ctx.metrics.open_connection();
                 ctx.tracker.spawn(async move {
+                    let metrics = shared.metrics.clone();
                     let rec = pipeline::handle(snapshot, shared, listener, stream, peer).await;
-                    record::record(&rec);
+                    record::record(&rec, &metrics);
+                    drop(active);
                 });
             }
             Err(e) => {

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::{
     config::{Config, ConfigError, DataPath, ListenerConfig},
     forward::kernel::{KernelLimits, KernelPath, StartError},
+    metrics::{self, Metrics, MetricsServer},
     pipeline::{admit::Limiter, Snapshot},
     tunnel::hub::Hub,
 };
@@ -28,6 +29,11 @@ pub enum ServeError {
     Kernel(StartError),
     #[error("tunnels: cannot bind {addr}: {source}")]
     BindTunnels {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("metrics: cannot bind {addr}: {source}")]
+    BindMetrics {
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -54,6 +60,8 @@ pub struct Runtime {
     bound: Mutex<HashMap<SocketAddr, Bound>>,
     /// Bound `[tunnels]` addresses (kept across reloads, like listeners).
     tunnel_bound: Mutex<HashMap<SocketAddr, TunnelBound>>,
+    /// The `[metrics]` endpoint, when the config has one.
+    metrics_server: Mutex<Option<MetricsServer>>,
     /// The config in force, for reloads to compare against.
     config: Mutex<Config>,
 }
@@ -63,9 +71,11 @@ impl Runtime {
     /// is served, so a config that cannot be fully bound never runs half-configured. Must be
     /// called inside a Tokio runtime.
     pub fn start(config: Config) -> Result<Runtime, ServeError> {
+        let kernel = Arc::new(ArcSwapOption::empty());
         let ctx = Context {
             snapshot: Arc::new(ArcSwap::from_pointee(snapshot_of(&config))),
-            kernel: Arc::new(ArcSwapOption::empty()),
+            metrics: Metrics::new(kernel.clone()),
+            kernel,
             tunnels: Hub::new(),
             limiter: Limiter::new(),
             tracker: TaskTracker::new(),
@@ -75,11 +85,13 @@ impl Runtime {
         }
         let bound = bind_new(&config, &HashMap::new(), &ctx)?;
         let tunnel_bound = bind_tunnels_new(&config, &HashMap::new(), &ctx.tunnels)?;
+        let metrics_server = bind_metrics(config.metrics, &ctx.metrics)?;
         ctx.tunnels.configure(config.tunnels.clone());
         Ok(Runtime {
             ctx,
             bound: Mutex::new(bound),
             tunnel_bound: Mutex::new(tunnel_bound),
+            metrics_server: Mutex::new(metrics_server),
             config: Mutex::new(config),
         })
     }
@@ -94,8 +106,13 @@ impl Runtime {
         self.ctx.tunnels.clone()
     }
 
+    /// The metrics this gateway keeps.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.ctx.metrics.clone()
+    }
+
     /// The bound addresses, by listener name (ports resolved when the config asked for 0);
-    /// `[tunnels] bind` addresses are named `tunnels`.
+    /// `[tunnels] bind` addresses are named `tunnels`, the `[metrics]` endpoint `metrics`.
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
         let bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());
         let mut addrs: Vec<_> = bound
@@ -104,6 +121,11 @@ impl Runtime {
             .collect();
         let tunnels = self.tunnel_bound.lock().unwrap_or_else(|e| e.into_inner());
         addrs.extend(tunnels.values().map(|t| ("tunnels".to_string(), t.local)));
+        let metrics = self
+            .metrics_server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        addrs.extend(metrics.iter().map(|m| ("metrics".to_string(), m.local)));
         addrs.sort();
         addrs
     }
@@ -113,6 +135,12 @@ impl Runtime {
     /// removed ones stop, and unchanged addresses keep their sockets. Connections already
     /// accepted carry on with the config they started with. On any error nothing changes.
     pub fn reload(&self, path: &Path) -> Result<Vec<String>, ReloadError> {
+        let result = self.try_reload(path);
+        self.ctx.metrics.reloaded(result.is_ok());
+        result
+    }
+
+    fn try_reload(&self, path: &Path) -> Result<Vec<String>, ReloadError> {
         let config = Config::load(path)?;
         let mut bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());
         let mut current = self.config.lock().unwrap_or_else(|e| e.into_inner());
@@ -120,6 +148,16 @@ impl Runtime {
         let mut fresh = bind_new(&config, &bound, &self.ctx)?;
         let mut tunnel_bound = self.tunnel_bound.lock().unwrap_or_else(|e| e.into_inner());
         let mut fresh_tunnels = bind_tunnels_new(&config, &tunnel_bound, &self.ctx.tunnels)?;
+        let mut metrics_server = self
+            .metrics_server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // The endpoint keeps its socket unless the address changed.
+        let fresh_metrics = if config.metrics != current.metrics {
+            Some(bind_metrics(config.metrics, &self.ctx.metrics)?)
+        } else {
+            None
+        };
         let changes = describe_changes(&current, &config);
         // From here nothing can fail.
         if let Some(kernel) = kernel {
@@ -138,6 +176,9 @@ impl Runtime {
         tunnel_bound.retain(|addr, _| tunnel_addrs.contains(addr));
         tunnel_bound.extend(fresh_tunnels.drain());
         self.ctx.tunnels.configure(config.tunnels.clone());
+        if let Some(server) = fresh_metrics {
+            *metrics_server = server;
+        }
         *current = config;
         Ok(changes)
     }
@@ -151,6 +192,7 @@ impl Runtime {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         self.ctx.tracker.close();
+        // The metrics stay up while connections drain; they go when the runtime does.
         if tokio::time::timeout(grace, self.ctx.tracker.wait())
             .await
             .is_ok()
@@ -214,6 +256,18 @@ fn bind_new(
         fresh.insert(addr, b);
     }
     Ok(fresh)
+}
+
+/// Binds the `[metrics]` endpoint, when the config has one.
+fn bind_metrics(
+    addr: Option<SocketAddr>,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<MetricsServer>, ServeError> {
+    addr.map(|addr| {
+        metrics::serve(addr, metrics.clone())
+            .map_err(|source| ServeError::BindMetrics { addr, source })
+    })
+    .transpose()
 }
 
 fn tunnel_addresses(config: &Config) -> Vec<SocketAddr> {
@@ -298,6 +352,9 @@ fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
     }
     if old.tunnels != new.tunnels {
         out.push("tunnels changed".into());
+    }
+    if old.metrics != new.metrics {
+        out.push("metrics endpoint moved".into());
     }
     if out.is_empty() {
         out.push("nothing changed".into());
