@@ -210,14 +210,6 @@ async fn serve(
         };
     rec.upstream = Some(addr);
 
-    // The upstream learns who the client is before any of the client's bytes.
-    if let Some(version) = proxy {
-        let header = proxy_protocol::encode(version, rec.client, local);
-        if let Err(e) = write_all(&upstream, &header).await {
-            reset_on_close(client);
-            return fail(rec, Outcome::UpstreamReset, e);
-        }
-    }
     // The dial header is the one preamble the gateway consumes; everything else is replayed
     // exactly as the client sent it.
     let mut replay = &buf[..];
@@ -227,7 +219,17 @@ async fn serve(
             return fail(rec, Outcome::ClientReset, e);
         }
     }
-    if let Err(e) = write_all(&upstream, replay).await {
+    // The upstream learns who the client is before any of the client's bytes: the header and
+    // the replay go in one write, so one segment, as a balancer would send them.
+    let first = match proxy {
+        Some(version) => {
+            let mut first = proxy_protocol::encode(version, rec.client, local);
+            first.extend_from_slice(replay);
+            std::borrow::Cow::Owned(first)
+        }
+        None => std::borrow::Cow::Borrowed(replay),
+    };
+    if let Err(e) = write_all(&upstream, &first).await {
         reset_on_close(client);
         return fail(rec, Outcome::UpstreamReset, e);
     }

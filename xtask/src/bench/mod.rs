@@ -2,6 +2,7 @@
 //! connections and HAProxy, on loopback and across veth, reported as medians and ratios; then
 //! tunnel mode beside the gateway's direct path, over veth and over Yggdrasil.
 //! A benchmark, not a test: it asserts nothing and prints what it measured.
+mod ops;
 mod tools;
 mod tunnel;
 
@@ -30,7 +31,7 @@ pub struct Options {
 }
 
 /// Every topology, in the order they run.
-pub const TOPOLOGIES: [&str; 4] = ["loopback", "veth", "tunnel-veth", "tunnel-ygg"];
+pub const TOPOLOGIES: [&str; 5] = ["loopback", "veth", "ops", "tunnel-veth", "tunnel-ygg"];
 
 /// One column of the table.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -239,11 +240,18 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     let mut report = String::new();
     for (name, make) in [
         ("loopback", Topology::loopback as fn() -> Result<Topology>),
+        ("ops", Topology::veth),
         ("veth", Topology::veth),
         ("tunnel-veth", Topology::tunnel_veth),
         ("tunnel-ygg", Topology::tunnel_ygg),
     ] {
         if !opts.topologies.iter().any(|t| t == name) {
+            continue;
+        }
+        if name == "ops" {
+            let table = ops::run(root, opts.runs, opts.seconds)?;
+            println!("{table}");
+            report.push_str(&table);
             continue;
         }
         let mut topo = make()?;

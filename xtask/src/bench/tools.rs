@@ -40,7 +40,7 @@ pub fn spawn_in<T: Send + 'static>(
     }))
 }
 
-fn listen(ns: &Netns, addr: SocketAddr) -> Result<TcpListener> {
+pub fn listen(ns: &Netns, addr: SocketAddr) -> Result<TcpListener> {
     let listener = ns
         .enter(move || TcpListener::bind(addr))?
         .with_context(|| format!("binding {addr}"))?;
@@ -92,7 +92,7 @@ impl Drop for Servers {
     }
 }
 
-fn serve(
+pub fn serve(
     listener: TcpListener,
     stop: Arc<AtomicBool>,
     handle: impl Fn(TcpStream) + Send + Sync + 'static,
@@ -163,17 +163,31 @@ pub fn ping_pong(ns: &Netns, dest: Dest, rounds: usize) -> Result<(f64, f64)> {
 /// New connections per second, each sending a real ClientHello to be sniffed and routed, over
 /// `seconds` with `workers` parallel clients.
 pub fn connection_rate(ns: &Netns, dest: Dest, workers: usize, seconds: u64) -> Result<f64> {
+    connection_rate_with(ns, dest, &[], workers, seconds)
+}
+
+/// The same, each connection sending `prefix` (a PROXY header, as a load balancer would) before
+/// the ClientHello.
+pub fn connection_rate_with(
+    ns: &Netns,
+    dest: Dest,
+    prefix: &[u8],
+    workers: usize,
+    seconds: u64,
+) -> Result<f64> {
+    let first: Arc<[u8]> = [prefix, CLIENT_HELLO].concat().into();
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut threads = Vec::new();
     for _ in 0..workers {
         let (dest, done, failed) = (dest.clone(), done.clone(), failed.clone());
+        let first = first.clone();
         threads.push(spawn_in(ns, move || {
             while Instant::now() < deadline {
                 let ok = (|| -> Result<()> {
                     let mut s = TcpStream::connect(dest.addr)?;
-                    s.write_all(CLIENT_HELLO)?;
+                    s.write_all(&first)?;
                     let mut rest = Vec::new();
                     s.read_to_end(&mut rest)?;
                     Ok(())
