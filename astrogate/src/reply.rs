@@ -25,7 +25,7 @@ pub fn refusal(protocol: Option<Protocol>, refusal: Refusal) -> Vec<u8> {
         Some(Protocol::Tls) => tls_alert(refusal).to_vec(),
         Some(Protocol::Xmpp) => xmpp(refusal),
         Some(Protocol::Dial) => dial_status(refusal).reply_line().to_vec(),
-        None => Vec::new(),
+        Some(Protocol::Quic) | None => Vec::new(),
     }
 }
 

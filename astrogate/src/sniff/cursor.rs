@@ -88,6 +88,11 @@ impl<'a> Cursor<'a> {
         Ok(u32::from_be_bytes([0, b[0], b[1], b[2]]))
     }
 
+    pub fn u32(&mut self) -> Result<u32, Short> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
     /// Reads a length-prefixed (u8) block and returns a cursor over it.
     pub fn block8(&mut self) -> Result<Cursor<'a>, Short> {
         let len = self.u8()?;

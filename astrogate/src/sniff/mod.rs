@@ -9,6 +9,7 @@ pub mod cursor;
 pub mod dial;
 pub mod hostname;
 pub mod http;
+pub mod quic;
 pub mod tls;
 pub mod xmpp;
 
@@ -49,15 +50,18 @@ pub enum Protocol {
     Acme,
     Xmpp,
     Dial,
+    /// QUIC, on UDP listeners only: the SNI from the Initial packets.
+    Quic,
 }
 
 impl Protocol {
-    pub const ALL: [Protocol; 5] = [
+    pub const ALL: [Protocol; 6] = [
         Protocol::Tls,
         Protocol::Http,
         Protocol::Acme,
         Protocol::Xmpp,
         Protocol::Dial,
+        Protocol::Quic,
     ];
 
     pub fn name(self) -> &'static str {
@@ -67,6 +71,7 @@ impl Protocol {
             Protocol::Acme => "acme",
             Protocol::Xmpp => "xmpp",
             Protocol::Dial => "dial",
+            Protocol::Quic => "quic",
         }
     }
 }
@@ -137,6 +142,8 @@ pub fn classify(order: &[Protocol], buf: &[u8]) -> Classified {
             Protocol::Acme => acme::sniff(buf).map(Detected::Acme),
             Protocol::Xmpp => xmpp::sniff(buf).map(Detected::Xmpp),
             Protocol::Dial => dial::sniff(buf).map(Detected::Dial),
+            // Datagrams, not a byte stream: the UDP listeners sniff it (`udp`).
+            Protocol::Quic => Sniff::NotThis,
         };
         match outcome {
             Sniff::NotThis => continue,

@@ -39,6 +39,19 @@ pub fn sniff(buf: &[u8]) -> Sniff<Option<Hostname>> {
     }
 }
 
+/// Sniffs a ClientHello from a bare handshake stream, without the record layer: what QUIC
+/// carries in its CRYPTO frames (RFC 9001 §4). `Found(None)`: a ClientHello without SNI.
+pub fn sniff_handshake(stream: &[u8]) -> Sniff<Option<Hostname>> {
+    match handshake_message_is_whole(stream) {
+        Err(why) => Sniff::Malformed(why),
+        Ok(false) => Sniff::Incomplete,
+        Ok(true) => match server_name(stream) {
+            Ok(host) => Sniff::Found(host),
+            Err(why) => Sniff::Malformed(why),
+        },
+    }
+}
+
 /// Concatenates the fragments of consecutive handshake records until the first handshake
 /// message is whole, and returns it from its 4-byte header on; bytes past its end may follow.
 /// Borrows when one record holds it all, which is what every real client sends.
