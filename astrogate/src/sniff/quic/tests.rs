@@ -36,6 +36,15 @@ fn aioquic_v1_and_v2_initials_give_their_sni() {
 }
 
 #[test]
+fn chromiums_post_quantum_client_hello_spans_two_datagrams() {
+    let all = datagrams(capture!("chromium_pq.bin"));
+    assert_eq!(sniff(&all[..1]), Sniff::Incomplete);
+    assert_eq!(sniff(&all[..2]), host("pq.example.com"));
+    // Its retransmissions (the server never answered) change nothing.
+    assert_eq!(sniff(&all), host("pq.example.com"));
+}
+
+#[test]
 fn a_client_hello_over_two_datagrams_needs_both() {
     let all = datagrams(capture!("aioquic_v1_split.bin"));
     assert_eq!(all.len(), 2);
@@ -67,13 +76,15 @@ fn initial_end(datagram: &[u8]) -> usize {
 }
 
 #[test]
-fn every_cut_of_the_last_datagram_is_refused_or_waits_never_panics() {
-    for name in [
-        &capture!("aioquic_v1.bin")[..],
-        &capture!("aioquic_v1_split.bin")[..],
+fn every_cut_of_the_datagram_that_completes_the_hello_is_refused_or_waits() {
+    // Each capture with the number of datagrams its ClientHello takes.
+    for (name, takes) in [
+        (&capture!("aioquic_v1.bin")[..], 1),
+        (&capture!("aioquic_v1_split.bin")[..], 2),
+        (&capture!("chromium_pq.bin")[..], 2),
     ] {
         let all = datagrams(name);
-        let (last, before) = all.split_last().unwrap();
+        let (last, before) = all[..takes].split_last().unwrap();
         let mut needed = initial_end(last);
         if before.is_empty() {
             needed = needed.max(MIN_INITIAL_DATAGRAM);
