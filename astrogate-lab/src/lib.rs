@@ -26,6 +26,16 @@ pub use process::{run, Child, LabError};
 pub use tap::{Tap, TapRecord};
 pub use workdir::Workdir;
 
+/// The Python with the PyPI test tools (aioquic) that `cargo xtask setup` installs:
+/// `$CARGO_HOME/astrogate-tools/venv/bin/python3`.
+pub fn test_python() -> std::path::PathBuf {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| "/root/.cargo".into());
+    cargo_home.join("astrogate-tools/venv/bin/python3")
+}
+
 /// Polls `check` until it returns `Some`, or fails after `timeout` saying what it waited for.
 pub fn wait_for<T>(
     what: &str,

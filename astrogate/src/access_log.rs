@@ -90,6 +90,8 @@ pub struct AccessRecord {
     pub outcome: Outcome,
     /// Error text for failures; fixed strings or OS errors, never client bytes.
     pub detail: Option<String>,
+    /// A UDP session's datagrams forwarded (up, down); `None` for a TCP connection.
+    pub datagrams: Option<(u64, u64)>,
 }
 
 impl AccessRecord {
@@ -110,17 +112,48 @@ impl AccessRecord {
             raw: false,
             outcome: Outcome::Error,
             detail: None,
+            datagrams: None,
+        }
+    }
+
+    /// The protocol as logged and labelled: `raw` for a raw TCP listener, `udp` for plain UDP.
+    pub fn protocol_name(&self) -> &'static str {
+        match (self.protocol, self.raw, self.datagrams) {
+            (Some(p), _, _) => p.name(),
+            (None, true, Some(_)) => "udp",
+            (None, true, None) => "raw",
+            (None, false, _) => "-",
         }
     }
 
     pub fn emit(&self) {
         let none = "-";
+        if let Some((up, down)) = self.datagrams {
+            tracing::info!(
+                target: "astrogate::access",
+                client = %self.client,
+                listener = %self.listener,
+                protocol = %self.protocol_name(),
+                host = %self.host.as_ref().map_or(none, Hostname::as_str),
+                target = %self.target.as_deref().unwrap_or(none),
+                upstream = %self.upstream.map_or_else(|| none.to_string(), |a| a.to_string()),
+                up_datagrams = up,
+                down_datagrams = down,
+                up_bytes = self.up_bytes,
+                down_bytes = self.down_bytes,
+                duration_ms = self.started.elapsed().as_millis() as u64,
+                outcome = %self.outcome.as_str(),
+                detail = %self.detail.as_deref().unwrap_or(none),
+                "udp session"
+            );
+            return;
+        }
         tracing::info!(
             target: "astrogate::access",
             client = %self.client,
             via = %self.via.map_or_else(|| none.to_string(), |a| a.to_string()),
             listener = %self.listener,
-            protocol = %self.protocol.map_or(if self.raw { "raw" } else { none }, Protocol::name),
+            protocol = %self.protocol_name(),
             host = %self.host.as_ref().map_or(none, Hostname::as_str),
             target = %self.target.as_deref().unwrap_or(none),
             upstream = %self.upstream.map_or_else(|| none.to_string(), |a| a.to_string()),

@@ -13,3 +13,4 @@ pub mod runtime;
 pub mod sniff;
 pub mod target;
 pub mod tunnel;
+pub mod udp;

@@ -27,8 +27,16 @@ const APT_PACKAGES: &[&str] = &[
     // An XMPP client that speaks IPv6 (sendxmpp's Perl stack is IPv4 only).
     "go-sendxmpp",
     "python3",
+    // The PyPI test tools' virtual environment.
+    "python3-venv",
     "bpftool",
+    // UDP tests: a DNS server and client.
+    "dnsmasq-base",
+    "bind9-dnsutils",
 ];
+
+/// PyPI packages the tests use, pinned, in a virtual environment of their own.
+const PYPI_PACKAGES: &[&str] = &["aioquic==1.7.2"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -41,6 +49,7 @@ pub enum Scope {
 pub fn ensure(scope: Scope) -> Result<()> {
     if matches!(scope, Scope::Everything) {
         apt_packages()?;
+        pypi_packages()?;
     }
     nightly_rust_src()?;
     bpf_linker()?;
@@ -82,6 +91,49 @@ pub fn cargo_fuzz() -> Result<PathBuf> {
         .arg(&root);
     run(cmd)?;
     Ok(bin)
+}
+
+/// Creates the tools' Python environment (`astrogate-tools/venv`) with the PyPI test tools.
+/// Debian's own python3 builds it, whatever else is first on PATH.
+fn pypi_packages() -> Result<()> {
+    let venv = tools_dir()?.join("venv");
+    let python = venv.join("bin/python3");
+    let check = PYPI_PACKAGES
+        .iter()
+        .map(|p| {
+            format!(
+                "importlib.metadata.version({:?})",
+                p.split("==").next().unwrap_or(p)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let wanted: Vec<&str> = PYPI_PACKAGES
+        .iter()
+        .map(|p| p.split("==").nth(1).unwrap_or(""))
+        .collect();
+    let have = output(Command::new(&python).args([
+        "-c",
+        &format!("import importlib.metadata; print(' '.join([{check}]))"),
+    ]));
+    if have.as_deref().map(str::trim) == Some(wanted.join(" ").as_str()) {
+        step("PyPI test tools: all present");
+        return Ok(());
+    }
+    step(&format!(
+        "PyPI test tools: installing {} into {}",
+        PYPI_PACKAGES.join(" "),
+        venv.display()
+    ));
+    if !python.exists() {
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.args(["-m", "venv"]).arg(&venv);
+        run(cmd)?;
+    }
+    let mut cmd = Command::new(venv.join("bin/pip"));
+    cmd.args(["install", "-q", "--disable-pip-version-check"])
+        .args(PYPI_PACKAGES);
+    run(cmd)
 }
 
 fn apt_packages() -> Result<()> {

@@ -25,6 +25,17 @@ pub fn describe(config: &Config) -> String {
             let _ = writeln!(out, "gateway: idle connections are never closed");
         }
     }
+    if config
+        .listeners
+        .iter()
+        .any(|l| l.transport == super::Transport::Udp)
+    {
+        let _ = writeln!(
+            out,
+            "gateway: UDP sessions end after {:?} without a datagram; at most {}",
+            g.udp_idle_timeout, g.max_udp_sessions
+        );
+    }
     if let Some(bind) = config.metrics {
         let _ = writeln!(out, "metrics: http://{bind}/metrics");
     }
@@ -37,8 +48,16 @@ pub fn describe(config: &Config) -> String {
             ToString::to_string,
         );
         let _ = writeln!(out, "  {}", l.name);
-        let _ = writeln!(out, "    bind      {}", binds.join(", "));
+        let udp = if l.transport == super::Transport::Udp {
+            "udp "
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "    bind      {udp}{}", binds.join(", "));
         match &l.to {
+            Some(to) if l.transport == super::Transport::Udp => {
+                let _ = writeln!(out, "    plain UDP every datagram -> {to} (no sniffing)");
+            }
             Some(to) => {
                 let _ = writeln!(out, "    raw TCP   every connection -> {to} (no sniffing)");
             }
@@ -52,7 +71,9 @@ pub fn describe(config: &Config) -> String {
         } else {
             ""
         };
-        let _ = writeln!(out, "    path      {}{experimental}", l.data_path);
+        if l.transport == super::Transport::Tcp {
+            let _ = writeln!(out, "    path      {}{experimental}", l.data_path);
+        }
         if !l.acl.is_open() {
             let _ = writeln!(out, "    sources   {}", l.acl);
         }

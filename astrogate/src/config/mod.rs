@@ -53,6 +53,28 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Default for `gateway.idle_timeout`: nginx stream's `proxy_timeout` default. Long enough for
 /// an idle SSH or XMPP session between keepalives, short enough that abandoned connections go.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Default for `gateway.udp_idle_timeout`: a UDP session with no datagram either way for this
+/// long ends. 30 s is the Linux conntrack default for unreplied UDP and outlives QUIC's
+/// usual keep-alives; nginx stream waits 10 min, which holds a socket per forgotten client.
+pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for `gateway.max_udp_sessions`.
+pub const DEFAULT_MAX_UDP_SESSIONS: usize = 10_000;
+
+/// What a listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        })
+    }
+}
 
 /// Which forwarding path established connections take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +126,10 @@ pub struct GatewaySettings {
     pub max_connections: Option<usize>,
     /// An established connection with no byte either way for this long is closed; `None`: never.
     pub idle_timeout: Option<Duration>,
+    /// A UDP session with no datagram either way for this long ends.
+    pub udp_idle_timeout: Duration,
+    /// UDP sessions over all listeners beyond which datagrams from new sources are dropped.
+    pub max_udp_sessions: usize,
 }
 
 impl Default for GatewaySettings {
@@ -120,6 +146,8 @@ impl Default for GatewaySettings {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             max_connections: None,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            udp_idle_timeout: DEFAULT_UDP_IDLE_TIMEOUT,
+            max_udp_sessions: DEFAULT_MAX_UDP_SESSIONS,
         }
     }
 }
@@ -127,6 +155,8 @@ impl Default for GatewaySettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerConfig {
     pub name: String,
+    /// TCP connections or UDP datagrams.
+    pub transport: Transport,
     pub bind: Vec<SocketAddr>,
     /// Sniffers to try, in priority order; empty for a raw listener.
     pub protocols: Vec<Protocol>,
@@ -252,8 +282,10 @@ fn validate(path: &Path, raw: RawConfig, at: &Locator<'_>) -> Result<Config, Con
             return Err(at.at(&l.name, &key("name"), "duplicate listener name"));
         }
         for (addr, raw_addr) in listener.bind.iter().zip(l.bind.get_ref()) {
-            if !binds.insert(*addr) {
-                return Err(at.at(raw_addr, &key("bind"), format!("{addr} is bound twice")));
+            // TCP and UDP have separate ports: `443` may be both.
+            if !binds.insert((listener.transport, *addr)) {
+                let what = format!("{} {addr} is bound twice", listener.transport);
+                return Err(at.at(raw_addr, &key("bind"), what));
             }
         }
         listeners.push(listener);
@@ -369,6 +401,16 @@ fn validate_gateway(g: &raw::RawGateway, at: &Locator<'_>) -> Result<GatewaySett
         let idle = duration(v, "gateway.idle_timeout")?;
         s.idle_timeout = (!idle.is_zero()).then_some(idle);
     }
+    if let Some(v) = &g.udp_idle_timeout {
+        // Unlike TCP, a UDP session has no end of its own: it must time out.
+        s.udp_idle_timeout = duration(v, "gateway.udp_idle_timeout")?;
+        if s.udp_idle_timeout < Duration::from_millis(100) {
+            return Err(at.at(v, "gateway.udp_idle_timeout", "must be at least 100ms"));
+        }
+    }
+    if let Some(v) = &g.max_udp_sessions {
+        s.max_udp_sessions = in_range(v, 1, 10_000_000, "gateway.max_udp_sessions", at)?;
+    }
     Ok(s)
 }
 
@@ -424,6 +466,14 @@ fn validate_listener(
     if l.bind.get_ref().is_empty() {
         return Err(at.at(&l.bind, &key("bind"), "needs at least one address"));
     }
+    let transport = match &l.transport {
+        None => Transport::Tcp,
+        Some(t) => match t.get_ref().as_str() {
+            "tcp" => Transport::Tcp,
+            "udp" => Transport::Udp,
+            _ => return Err(at.at(t, &key("transport"), "expected \"tcp\" or \"udp\"")),
+        },
+    };
     let bind = l
         .bind
         .get_ref()
@@ -460,6 +510,47 @@ fn validate_listener(
         (None, Some(_)) => Vec::new(),
         (Some(p), None) => validate_protocols(p, at, key)?,
     };
+    if let Some(p) = &l.protocols {
+        let quic = protocols.contains(&Protocol::Quic);
+        match transport {
+            Transport::Udp if protocols != [Protocol::Quic] => return Err(at.at(
+                p,
+                &key("protocols"),
+                "a UDP listener sniffs only `quic`: protocols = [\"quic\"], or `to` for plain UDP",
+            )),
+            Transport::Tcp if quic => {
+                return Err(at.at(
+                    p,
+                    &key("protocols"),
+                    "`quic` runs over UDP: set transport = \"udp\" on this listener",
+                ))
+            }
+            _ => {}
+        }
+    }
+    if transport == Transport::Udp {
+        // What TCP listeners have and datagrams do not.
+        let tcp_only: [(&str, Option<std::ops::Range<usize>>); 4] = [
+            ("data_path", l.data_path.as_ref().map(Spanned::span)),
+            (
+                "proxy_protocol_from",
+                l.proxy_protocol_from.as_ref().map(Spanned::span),
+            ),
+            (
+                "proxy_protocol",
+                l.proxy_protocol.as_ref().map(Spanned::span),
+            ),
+            (
+                "max_connections_per_source",
+                l.max_connections_per_source.as_ref().map(Spanned::span),
+            ),
+        ];
+        for (k, span) in tcp_only {
+            if let Some(span) = span {
+                return Err(at.error(span, &key(k), "applies to TCP listeners only"));
+            }
+        }
+    }
     if let (Some(d), Some(_)) = (&l.default, &to) {
         return Err(at.at(
             d,
@@ -489,6 +580,7 @@ fn validate_listener(
     let proxy_protocol = proxy_version(&l.proxy_protocol, at, &key("proxy_protocol"))?;
     Ok(ListenerConfig {
         name: name.to_string(),
+        transport,
         bind,
         protocols,
         to,
@@ -519,7 +611,7 @@ fn validate_protocols(
                     p,
                     &key("protocols"),
                     format!(
-                        "unknown protocol `{}`: expected tls, http, acme, xmpp or dial",
+                        "unknown protocol `{}`: expected tls, http, acme, xmpp, dial or quic",
                         p.get_ref()
                     ),
                 )

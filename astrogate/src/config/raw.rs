@@ -56,12 +56,16 @@ pub struct RawGateway {
     pub shutdown_grace: Option<Spanned<String>>,
     pub max_connections: Option<Spanned<i64>>,
     pub idle_timeout: Option<Spanned<String>>,
+    pub udp_idle_timeout: Option<Spanned<String>>,
+    pub max_udp_sessions: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawListener {
     pub name: Spanned<String>,
+    /// "tcp" (the default) or "udp".
+    pub transport: Option<Spanned<String>>,
     pub bind: Spanned<Vec<Spanned<String>>>,
     pub protocols: Option<Spanned<Vec<Spanned<String>>>>,
     pub default: Option<Spanned<String>>,

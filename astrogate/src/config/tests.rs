@@ -355,3 +355,91 @@ proxy_protocol = "v1"
         "v1",
     );
 }
+
+#[test]
+fn udp_listeners_and_their_gateway_keys() {
+    let c = parse(
+        r#"
+[gateway]
+udp_idle_timeout = "45s"
+max_udp_sessions = 500
+
+[[listener]]
+name = "dns"
+transport = "udp"
+bind = ["0.0.0.0:53", "[::]:53"]
+to = "[201:5d78::53]:53"
+
+[[listener]]
+name = "h3"
+transport = "udp"
+bind = ["0.0.0.0:443"]
+protocols = ["quic"]
+default = "[201:5d78::9]:443"
+
+[[listener]]
+name = "https"
+bind = ["0.0.0.0:443"]
+protocols = ["tls"]
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.gateway.udp_idle_timeout, Duration::from_secs(45));
+    assert_eq!(c.gateway.max_udp_sessions, 500);
+    let kinds: Vec<Transport> = c.listeners.iter().map(|l| l.transport).collect();
+    assert_eq!(kinds, [Transport::Udp, Transport::Udp, Transport::Tcp]);
+    assert_eq!(c.listeners[1].protocols, [Protocol::Quic]);
+    let defaults = parse(MINIMAL).unwrap().gateway;
+    assert_eq!(defaults.udp_idle_timeout, Duration::from_secs(30));
+    assert_eq!(defaults.max_udp_sessions, 10_000);
+
+    let udp = |extra: &str| {
+        format!(
+            "[[listener]]\nname = \"u\"\ntransport = \"udp\"\nbind = [\"0.0.0.0:53\"]\n{extra}\n"
+        )
+    };
+    assert_error(
+        &udp("protocols = [\"tls\"]"),
+        5,
+        "listener[0].protocols",
+        "only `quic`",
+    );
+    assert_error(
+        &udp("to = \"10.0.0.1:53\"\ndata_path = \"splice\""),
+        6,
+        "listener[0].data_path",
+        "TCP listeners only",
+    );
+    assert_error(
+        "[[listener]]\nname = \"t\"\nbind = [\"0.0.0.0:443\"]\nprotocols = [\"quic\"]\n",
+        4,
+        "listener[0].protocols",
+        "transport = \"udp\"",
+    );
+    assert_error(
+        "[[listener]]\nname = \"t\"\ntransport = \"sctp\"\nbind = [\"0.0.0.0:443\"]\nto = \"10.0.0.1:1\"\n",
+        3,
+        "listener[0].transport",
+        "\"tcp\" or \"udp\"",
+    );
+    assert_error(
+        &format!(
+            "[gateway]\nudp_idle_timeout = \"0s\"\n{}",
+            udp("to = \"10.0.0.1:53\"")
+        ),
+        2,
+        "gateway.udp_idle_timeout",
+        "at least 100ms",
+    );
+    // The same address twice on one transport is an error, on two transports it is not.
+    assert_error(
+        &format!(
+            "{}{}",
+            udp("to = \"10.0.0.1:53\""),
+            udp("to = \"10.0.0.1:53\"").replace("\"u\"", "\"v\"")
+        ),
+        9,
+        "listener[1].bind",
+        "udp 0.0.0.0:53 is bound twice",
+    );
+}

@@ -62,6 +62,9 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     sniff_duration: Histogram,
     connect_duration: Histogram,
+    udp_active: Gauge,
+    udp_datagrams: Family<DirectionLabels, Counter>,
+    udp_dropped: Family<ReasonLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -117,6 +120,24 @@ impl Metrics {
             "Time to open the upstream connection (or the tunnel's data connection), when it opened",
             connect_duration.clone(),
         );
+        let udp_active = Gauge::default();
+        registry.register(
+            "udp_sessions_active",
+            "UDP sessions open now, under gateway.max_udp_sessions",
+            udp_active.clone(),
+        );
+        let udp_datagrams = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "udp_datagrams",
+            "UDP datagrams forwarded: up is client to upstream, down the reverse",
+            udp_datagrams.clone(),
+        );
+        let udp_dropped = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "udp_dropped",
+            "UDP datagrams dropped, by reason: session_cap, queue_full, or the outcome of a refused session",
+            udp_dropped.clone(),
+        );
         registry.register_collector(Box::new(kernel::KernelCounters(kernel)));
         Arc::new(Metrics {
             registry,
@@ -127,22 +148,29 @@ impl Metrics {
             reloads,
             sniff_duration,
             connect_duration,
+            udp_active,
+            udp_datagrams,
+            udp_dropped,
         })
     }
 
     /// The record stage's sink: one finished connection.
     pub fn record(&self, rec: &AccessRecord) {
-        let protocol = match rec.protocol {
-            Some(p) => p.name(),
-            None if rec.raw => "raw",
-            None => "none",
+        let protocol = match rec.protocol_name() {
+            "-" => "none",
+            name => name,
+        };
+        let path = match (rec.path, rec.datagrams) {
+            (Some(p), _) => p.as_str(),
+            (None, Some(_)) => "udp",
+            (None, None) => "none",
         };
         self.connections
             .get_or_create(&ConnectionLabels {
                 listener: rec.listener.to_string(),
                 protocol,
                 outcome: rec.outcome.as_str(),
-                path: rec.path.map_or("none", |p| p.as_str()),
+                path,
             })
             .inc();
         for (direction, n) in [("up", rec.up_bytes), ("down", rec.down_bytes)] {
@@ -161,6 +189,25 @@ impl Metrics {
     pub fn open_connection(self: &Arc<Self>) -> ActiveGuard {
         self.active.inc();
         ActiveGuard(self.clone())
+    }
+
+    /// Counts a UDP session as open until the returned guard drops.
+    pub fn open_udp_session(self: &Arc<Self>) -> UdpActiveGuard {
+        self.udp_active.inc();
+        UdpActiveGuard(self.clone())
+    }
+
+    /// One datagram forwarded `direction` ("up" or "down").
+    pub fn udp_datagram(&self, direction: &'static str) {
+        self.udp_datagrams
+            .get_or_create(&DirectionLabels { direction })
+            .inc();
+    }
+
+    pub fn udp_dropped(&self, reason: &'static str) {
+        self.udp_dropped
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub fn sniffed(&self, took: Duration) {
@@ -193,6 +240,15 @@ pub struct ActiveGuard(Arc<Metrics>);
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.active.dec();
+    }
+}
+
+/// Decrements `astrogate_udp_sessions_active` when the session ends.
+pub struct UdpActiveGuard(Arc<Metrics>);
+
+impl Drop for UdpActiveGuard {
+    fn drop(&mut self) {
+        self.0.udp_active.dec();
     }
 }
 

@@ -10,7 +10,7 @@ mod forward;
 mod preamble;
 pub mod record;
 mod refuse;
-mod route;
+pub mod route;
 mod sniff;
 
 use std::{net::SocketAddr, sync::Arc};

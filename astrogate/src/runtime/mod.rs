@@ -15,11 +15,12 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio_util::task::TaskTracker;
 
 use crate::{
-    config::{Config, ConfigError, DataPath, ListenerConfig},
+    config::{Config, ConfigError, DataPath, ListenerConfig, Transport},
     forward::kernel::{KernelLimits, KernelPath, StartError},
     metrics::{self, Metrics, MetricsServer},
     pipeline::{admit::Limiter, Snapshot},
     tunnel::hub::Hub,
+    udp::{self, UdpBound, UdpContext, UdpSessions},
 };
 use listeners::{Bound, Context, TunnelBound};
 
@@ -58,6 +59,9 @@ pub struct Runtime {
     ctx: Context,
     /// Bound sockets by the address the config names (kept across reloads).
     bound: Mutex<HashMap<SocketAddr, Bound>>,
+    /// Bound UDP sockets, likewise.
+    udp_bound: Mutex<HashMap<SocketAddr, UdpBound>>,
+    udp: UdpContext,
     /// Bound `[tunnels]` addresses (kept across reloads, like listeners).
     tunnel_bound: Mutex<HashMap<SocketAddr, TunnelBound>>,
     /// The `[metrics]` endpoint, when the config has one.
@@ -84,12 +88,20 @@ impl Runtime {
             ctx.kernel.store(Some(kernel));
         }
         let bound = bind_new(&config, &HashMap::new(), &ctx)?;
+        let udp = UdpContext {
+            snapshot: ctx.snapshot.clone(),
+            sessions: UdpSessions::new(),
+            metrics: ctx.metrics.clone(),
+        };
+        let udp_bound = bind_udp_new(&config, &HashMap::new(), &udp)?;
         let tunnel_bound = bind_tunnels_new(&config, &HashMap::new(), &ctx.tunnels)?;
         let metrics_server = bind_metrics(config.metrics, &ctx.metrics)?;
         ctx.tunnels.configure(config.tunnels.clone());
         Ok(Runtime {
             ctx,
             bound: Mutex::new(bound),
+            udp_bound: Mutex::new(udp_bound),
+            udp,
             tunnel_bound: Mutex::new(tunnel_bound),
             metrics_server: Mutex::new(metrics_server),
             config: Mutex::new(config),
@@ -119,6 +131,11 @@ impl Runtime {
             .values()
             .map(|b| (b.listener.load().name.clone(), b.local))
             .collect();
+        let udp = self.udp_bound.lock().unwrap_or_else(|e| e.into_inner());
+        addrs.extend(
+            udp.values()
+                .map(|b| (b.listener.load().name.clone(), b.local)),
+        );
         let tunnels = self.tunnel_bound.lock().unwrap_or_else(|e| e.into_inner());
         addrs.extend(tunnels.values().map(|t| ("tunnels".to_string(), t.local)));
         let metrics = self
@@ -146,6 +163,8 @@ impl Runtime {
         let mut current = self.config.lock().unwrap_or_else(|e| e.into_inner());
         let kernel = start_kernel(&config, self.ctx.kernel.load_full())?;
         let mut fresh = bind_new(&config, &bound, &self.ctx)?;
+        let mut udp_bound = self.udp_bound.lock().unwrap_or_else(|e| e.into_inner());
+        let mut fresh_udp = bind_udp_new(&config, &udp_bound, &self.udp)?;
         let mut tunnel_bound = self.tunnel_bound.lock().unwrap_or_else(|e| e.into_inner());
         let mut fresh_tunnels = bind_tunnels_new(&config, &tunnel_bound, &self.ctx.tunnels)?;
         let mut metrics_server = self
@@ -172,6 +191,14 @@ impl Runtime {
             }
         }
         bound.extend(fresh.drain());
+        let wanted = addresses_of(&config, Transport::Udp);
+        udp_bound.retain(|addr, _| wanted.contains_key(addr));
+        for (addr, listener) in wanted {
+            if let Some(b) = udp_bound.get(&addr) {
+                b.serve(listener.clone());
+            }
+        }
+        udp_bound.extend(fresh_udp.drain());
         let tunnel_addrs = tunnel_addresses(&config);
         tunnel_bound.retain(|addr, _| tunnel_addrs.contains(addr));
         tunnel_bound.extend(fresh_tunnels.drain());
@@ -187,6 +214,12 @@ impl Runtime {
     /// many were still open when it ran out.
     pub async fn shutdown(&self, grace: Duration) -> usize {
         self.bound.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        // UDP has no connections to drain: a session ends when its client goes quiet, and
+        // its client cannot tell a stopped gateway from a quiet one.
+        self.udp_bound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         self.tunnel_bound
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -212,6 +245,11 @@ impl Runtime {
             .shutdown_grace
     }
 
+    /// UDP sessions open now.
+    pub fn udp_sessions(&self) -> usize {
+        self.udp.sessions.open()
+    }
+
     /// Connections in flight.
     pub fn connections(&self) -> usize {
         self.ctx.tracker.len()
@@ -225,13 +263,41 @@ fn snapshot_of(config: &Config) -> Snapshot {
     }
 }
 
-/// Every address the config binds, with its listener.
+/// Every TCP address the config binds, with its listener.
 fn addresses(config: &Config) -> BTreeMap<SocketAddr, ListenerConfig> {
+    addresses_of(config, Transport::Tcp)
+}
+
+/// Every address the config binds for `transport`, with its listener.
+fn addresses_of(config: &Config, transport: Transport) -> BTreeMap<SocketAddr, ListenerConfig> {
     config
         .listeners
         .iter()
+        .filter(|l| l.transport == transport)
         .flat_map(|l| l.bind.iter().map(move |a| (*a, l.clone())))
         .collect()
+}
+
+/// Binds the config's UDP addresses that are not bound yet; all or nothing, like `bind_new`.
+fn bind_udp_new(
+    config: &Config,
+    bound: &HashMap<SocketAddr, UdpBound>,
+    ctx: &UdpContext,
+) -> Result<HashMap<SocketAddr, UdpBound>, ServeError> {
+    let mut fresh = HashMap::new();
+    for (addr, listener) in addresses_of(config, Transport::Udp) {
+        if bound.contains_key(&addr) {
+            continue;
+        }
+        let name = listener.name.clone();
+        let b = udp::bind(addr, listener, ctx.clone()).map_err(|source| ServeError::Bind {
+            listener: name,
+            addr,
+            source,
+        })?;
+        fresh.insert(addr, b);
+    }
+    Ok(fresh)
 }
 
 /// Binds the config's addresses that are not bound yet. All or nothing: a failure drops what
@@ -303,7 +369,13 @@ fn start_kernel(
     config: &Config,
     running: Option<Arc<KernelPath>>,
 ) -> Result<Option<Arc<KernelPath>>, ServeError> {
-    let paths = || config.listeners.iter().map(|l| l.data_path);
+    let paths = || {
+        config
+            .listeners
+            .iter()
+            .filter(|l| l.transport == Transport::Tcp)
+            .map(|l| l.data_path)
+    };
     if running.is_some() || !paths().any(DataPath::wants_kernel) {
         return Ok(None);
     }

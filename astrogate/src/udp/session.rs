@@ -1,0 +1,286 @@
+//! One UDP session, from its first datagram to its idle timeout: sniff (QUIC listeners),
+//! route, open the upstream socket, forward both ways, record.
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{net::UdpSocket, sync::mpsc, time::Instant};
+
+use super::{socket::ListenSocket, SessionSlot, MAX_DATAGRAM};
+use crate::{
+    access_log::{AccessRecord, Outcome},
+    config::{ListenerConfig, Target, TargetHost},
+    metrics::Metrics,
+    pipeline::{route, Snapshot},
+    sniff::{quic, Detected, Protocol, Sniff},
+};
+
+/// A session socket's buffers.
+const UPSTREAM_BUFFER: usize = 1 << 20;
+
+pub struct Session {
+    pub client: SocketAddr,
+    pub local: SocketAddr,
+    pub listener: Arc<ListenerConfig>,
+    pub snapshot: Arc<Snapshot>,
+    pub socket: Arc<ListenSocket>,
+    pub metrics: Arc<Metrics>,
+    pub slot: SessionSlot,
+}
+
+/// Datagram counts and bytes, each way.
+#[derive(Default)]
+struct Counts {
+    up: (u64, u64),
+    down: (u64, u64),
+}
+
+impl Session {
+    pub async fn run(self, mut rx: mpsc::Receiver<Vec<u8>>) {
+        let _active = self.metrics.open_udp_session();
+        let mut rec = AccessRecord::new(self.client, Arc::from(self.listener.name.as_str()));
+        rec.raw = self.listener.to.is_some();
+        let mut counts = Counts::default();
+        rec.outcome = self.serve(&mut rx, &mut rec, &mut counts).await;
+        rec.datagrams = Some((counts.up.0, counts.down.0));
+        rec.up_bytes = counts.up.1;
+        rec.down_bytes = counts.down.1;
+        crate::pipeline::record::record(&rec, &self.metrics);
+        drop(self.slot);
+    }
+
+    async fn serve(
+        &self,
+        rx: &mut mpsc::Receiver<Vec<u8>>,
+        rec: &mut AccessRecord,
+        counts: &mut Counts,
+    ) -> Outcome {
+        let settings = &self.snapshot.settings;
+        let idle = settings.udp_idle_timeout;
+        // Admit: the listener's lists, before anything is read.
+        if !self.listener.acl.permits(self.client.ip()) {
+            return self.refused(rx, Outcome::Denied, idle).await;
+        }
+        // Sniff: hold the datagrams until the Initial packets name a host.
+        let mut held: Vec<Vec<u8>> = Vec::new();
+        let target = match &self.listener.to {
+            Some(to) => to.clone(),
+            None => {
+                let deadline = Instant::now() + settings.sniff_timeout;
+                let detected = match self
+                    .sniff(rx, &mut held, deadline, settings.max_sniff_bytes)
+                    .await
+                {
+                    Ok(d) => d,
+                    Err((outcome, why)) => {
+                        rec.detail = Some(why.to_string());
+                        rec.protocol = (outcome == Outcome::Malformed).then_some(Protocol::Quic);
+                        return self.refused(rx, outcome, idle).await;
+                    }
+                };
+                self.metrics.sniffed(rec.started.elapsed());
+                rec.protocol = detected.as_ref().map(|_| Protocol::Quic);
+                rec.host = detected.as_ref().and_then(Detected::host).cloned();
+                let plan = route::plan(
+                    detected.as_ref(),
+                    &self.listener,
+                    &self.snapshot.routes,
+                    self.local.port(),
+                    self.client.ip(),
+                );
+                match plan {
+                    Some(route::Plan::Connect { target, .. }) => target,
+                    Some(route::Plan::Denied) => {
+                        return self.refused(rx, Outcome::Denied, idle).await
+                    }
+                    _ if detected.is_some() => {
+                        return self.refused(rx, Outcome::NoRoute, idle).await
+                    }
+                    _ => return self.refused(rx, Outcome::Unrecognized, idle).await,
+                }
+            }
+        };
+        rec.target = Some(target.to_string());
+        // Connect: a socket of its own, connected to the upstream, so replies are this
+        // session's and nobody else's.
+        let connecting = Instant::now();
+        let upstream =
+            match open_upstream(&target, self.local.port(), settings.connect_timeout).await {
+                Ok(u) => u,
+                Err(why) => {
+                    rec.detail = Some(why);
+                    return self.refused(rx, Outcome::UpstreamUnreachable, idle).await;
+                }
+            };
+        self.metrics.connected(connecting.elapsed());
+        rec.upstream = upstream.peer_addr().ok();
+        // Forward: what was held first, in order and unchanged, then both ways until idle.
+        for d in &held {
+            self.up(&upstream, d, counts, rec).await;
+        }
+        drop(held);
+        self.forward(rx, &upstream, idle, counts, rec).await
+    }
+
+    /// Reads datagrams until the QUIC sniffer decides: the detected ClientHello (`None`: not
+    /// QUIC at all), or the outcome to refuse with.
+    async fn sniff(
+        &self,
+        rx: &mut mpsc::Receiver<Vec<u8>>,
+        held: &mut Vec<Vec<u8>>,
+        deadline: Instant,
+        max: usize,
+    ) -> Result<Option<Detected>, (Outcome, &'static str)> {
+        let mut bytes = 0;
+        loop {
+            let datagram = match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Err(_) => {
+                    return Err((
+                        Outcome::SniffTimeout,
+                        "no whole ClientHello within the sniff timeout",
+                    ))
+                }
+                Ok(None) => return Err((Outcome::ClientClosed, "the listener stopped")),
+                Ok(Some(d)) => d,
+            };
+            bytes += datagram.len();
+            held.push(datagram);
+            let views: Vec<&[u8]> = held.iter().map(Vec::as_slice).collect();
+            match quic::sniff(&views) {
+                Sniff::Found(host) => return Ok(Some(Detected::Tls(host))),
+                Sniff::NotThis => return Ok(None),
+                Sniff::Malformed(why) => return Err((Outcome::Malformed, why.0)),
+                Sniff::Incomplete if bytes >= max => {
+                    return Err((
+                        Outcome::SniffLimit,
+                        "no whole ClientHello within max_sniff_bytes",
+                    ))
+                }
+                Sniff::Incomplete => {}
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        rx: &mut mpsc::Receiver<Vec<u8>>,
+        upstream: &UdpSocket,
+        idle: Duration,
+        counts: &mut Counts,
+        rec: &mut AccessRecord,
+    ) -> Outcome {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut last = Instant::now();
+        loop {
+            tokio::select! {
+                d = rx.recv() => match d {
+                    Some(d) => {
+                        last = Instant::now();
+                        self.up(upstream, &d, counts, rec).await;
+                    }
+                    None => return Outcome::Ok,
+                },
+                r = upstream.recv(&mut buf) => match r {
+                    Ok(n) => {
+                        last = Instant::now();
+                        match self.socket.send(&buf[..n], self.client, self.local).await {
+                            Ok(()) => {
+                                counts.down.0 += 1;
+                                counts.down.1 += n as u64;
+                                self.metrics.udp_datagram("down");
+                            }
+                            Err(e) => rec.detail = Some(format!("to the client: {e}")),
+                        }
+                    }
+                    // An ICMP error from the upstream (port unreachable): UDP carries on, as
+                    // the upstream may come back; the record says what happened last.
+                    Err(e) => rec.detail = Some(format!("from the upstream: {e}")),
+                },
+                _ = tokio::time::sleep_until(last + idle) => return Outcome::Ok,
+            }
+        }
+    }
+
+    async fn up(
+        &self,
+        upstream: &UdpSocket,
+        d: &[u8],
+        counts: &mut Counts,
+        rec: &mut AccessRecord,
+    ) {
+        match upstream.send(d).await {
+            Ok(_) => {
+                counts.up.0 += 1;
+                counts.up.1 += d.len() as u64;
+                self.metrics.udp_datagram("up");
+            }
+            Err(e) => rec.detail = Some(format!("to the upstream: {e}")),
+        }
+    }
+
+    /// A refused session stays until it has been quiet for the idle timeout, dropping what
+    /// its client sends, so that a client sending on and on costs one log line, not one per
+    /// datagram. It holds no socket meanwhile, and counts against the cap.
+    async fn refused(
+        &self,
+        rx: &mut mpsc::Receiver<Vec<u8>>,
+        outcome: Outcome,
+        idle: Duration,
+    ) -> Outcome {
+        while let Ok(Some(_)) = tokio::time::timeout(idle, rx.recv()).await {
+            self.metrics.udp_dropped(outcome.as_str());
+        }
+        outcome
+    }
+}
+
+/// A UDP socket connected to the target: its first address, resolved within `timeout`.
+async fn open_upstream(
+    target: &Target,
+    default_port: u16,
+    timeout: Duration,
+) -> Result<UdpSocket, String> {
+    let port = target.port.unwrap_or(default_port);
+    let addr = match &target.host {
+        TargetHost::Ip(ip) => SocketAddr::new(*ip, port),
+        TargetHost::Tunnel(name) => {
+            return Err(format!(
+                "tunnel {name}: UDP through tunnels is not supported yet"
+            ))
+        }
+        TargetHost::Name(name) => {
+            let lookup = tokio::net::lookup_host((name.as_str(), port));
+            match tokio::time::timeout(timeout, lookup).await {
+                Err(_) => return Err(format!("resolving {name}: timed out")),
+                Ok(Err(e)) => return Err(format!("resolving {name}: {e}")),
+                Ok(Ok(mut addrs)) => addrs
+                    .next()
+                    .ok_or_else(|| format!("{name} resolved to no addresses"))?,
+            }
+        }
+    };
+    let bind: SocketAddr = if addr.is_ipv6() {
+        "[::]:0".parse().unwrap_or(addr)
+    } else {
+        "0.0.0.0:0".parse().unwrap_or(addr)
+    };
+    let socket = upstream_socket(bind).map_err(|e| format!("{addr}: {e}"))?;
+    socket
+        .connect(addr)
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?;
+    Ok(socket)
+}
+
+/// The session's own socket, with [`UPSTREAM_BUFFER`] buffers: replies arrive in bursts (a QUIC server's flight, a DNS server's
+/// answers), and the default 208 KiB drops a burst of large datagrams before the session's
+/// task runs.
+fn upstream_socket(bind: SocketAddr) -> std::io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(bind),
+        socket2::Type::DGRAM,
+        None,
+    )?;
+    super::socket::size_buffers(&socket, UPSTREAM_BUFFER);
+    socket.set_nonblocking(true)?;
+    socket.bind(&bind.into())?;
+    UdpSocket::from_std(socket.into())
+}

@@ -1,0 +1,160 @@
+//! A listening UDP socket that knows which of its addresses each datagram arrived on, and
+//! answers from that address. A socket bound to a wildcard (`0.0.0.0:53`) would otherwise
+//! answer from whatever address the route to the client picks, and a client talking to one
+//! address of a multi-homed host would get its replies from another, which it drops.
+use std::{
+    io::{self, IoSlice, IoSliceMut},
+    net::{IpAddr, SocketAddr},
+    os::fd::AsRawFd,
+};
+
+use nix::sys::socket::{
+    recvmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockaddrStorage,
+};
+use socket2::{Domain, Socket, Type};
+use tokio::{io::Interest, net::UdpSocket};
+
+/// Receive buffer for a listening socket: a burst of datagrams waits here while the loop
+/// catches up, instead of being dropped by the kernel.
+const RECV_BUFFER: usize = 4 << 20;
+
+pub struct ListenSocket {
+    socket: UdpSocket,
+    /// The bound address; for a wildcard, each datagram's own destination comes from
+    /// IP_PKTINFO / IPV6_PKTINFO.
+    local: SocketAddr,
+    wildcard: bool,
+}
+
+impl ListenSocket {
+    /// Binds `addr`. Must be called inside a Tokio runtime.
+    pub fn bind(addr: SocketAddr) -> io::Result<ListenSocket> {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+            socket.set_freebind_ipv6(true)?;
+        } else {
+            socket.set_freebind(true)?;
+        }
+        size_buffers(&socket, RECV_BUFFER);
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        let wildcard = addr.ip().is_unspecified();
+        if wildcard {
+            if addr.is_ipv6() {
+                setsockopt(&socket, sockopt::Ipv6RecvPacketInfo, &true)?;
+            } else {
+                setsockopt(&socket, sockopt::Ipv4PacketInfo, &true)?;
+            }
+        }
+        let socket = UdpSocket::from_std(socket.into())?;
+        let local = socket.local_addr()?;
+        Ok(ListenSocket {
+            socket,
+            local,
+            wildcard,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Receives one datagram: its length, who sent it and the address it was sent to.
+    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, SocketAddr)> {
+        if !self.wildcard {
+            let (n, from) = self.socket.recv_from(buf).await?;
+            return Ok((n, from, self.local));
+        }
+        let fd = self.socket.as_raw_fd();
+        let port = self.local.port();
+        self.socket
+            .async_io(Interest::READABLE, || {
+                let mut iov = [IoSliceMut::new(buf)];
+                let mut space = nix::cmsg_space!(libc::in6_pktinfo);
+                let msg =
+                    recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut space), MsgFlags::empty())
+                        .map_err(io::Error::from)?;
+                let from = msg
+                    .address
+                    .and_then(|a| to_std(&a))
+                    .ok_or_else(|| io::Error::other("a datagram without a source address"))?;
+                let mut to = None;
+                for cmsg in msg.cmsgs().map_err(io::Error::from)? {
+                    match cmsg {
+                        ControlMessageOwned::Ipv4PacketInfo(info) => {
+                            let ip = std::net::Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr));
+                            to = Some(SocketAddr::new(IpAddr::V4(ip), port));
+                        }
+                        ControlMessageOwned::Ipv6PacketInfo(info) => {
+                            let ip = std::net::Ipv6Addr::from(info.ipi6_addr.s6_addr);
+                            to = Some(SocketAddr::new(IpAddr::V6(ip), port));
+                        }
+                        _ => {}
+                    }
+                }
+                Ok((msg.bytes, from, to.unwrap_or(self.local)))
+            })
+            .await
+    }
+
+    /// Sends `data` to `to`, from `from` (the address the client sent to).
+    pub async fn send(&self, data: &[u8], to: SocketAddr, from: SocketAddr) -> io::Result<()> {
+        if !self.wildcard {
+            self.socket.send_to(data, to).await?;
+            return Ok(());
+        }
+        let fd = self.socket.as_raw_fd();
+        let dest = SockaddrStorage::from(to);
+        self.socket
+            .async_io(Interest::WRITABLE, || {
+                let iov = [IoSlice::new(data)];
+                let sent = match from.ip() {
+                    IpAddr::V4(ip) => {
+                        let info = libc::in_pktinfo {
+                            ipi_ifindex: 0,
+                            ipi_spec_dst: libc::in_addr {
+                                s_addr: u32::from(ip).to_be(),
+                            },
+                            ipi_addr: libc::in_addr { s_addr: 0 },
+                        };
+                        let cmsg = [ControlMessage::Ipv4PacketInfo(&info)];
+                        sendmsg(fd, &iov, &cmsg, MsgFlags::empty(), Some(&dest))
+                    }
+                    IpAddr::V6(ip) => {
+                        let info = libc::in6_pktinfo {
+                            ipi6_addr: libc::in6_addr {
+                                s6_addr: ip.octets(),
+                            },
+                            ipi6_ifindex: 0,
+                        };
+                        let cmsg = [ControlMessage::Ipv6PacketInfo(&info)];
+                        sendmsg(fd, &iov, &cmsg, MsgFlags::empty(), Some(&dest))
+                    }
+                };
+                sent.map(|_| ()).map_err(io::Error::from)
+            })
+            .await
+    }
+}
+
+fn to_std(a: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
+}
+
+/// Sets a UDP socket's buffers to `bytes`: with SO_RCVBUFFORCE/SO_SNDBUFFORCE when the
+/// gateway may (it runs as root, with CAP_NET_ADMIN), since the default net.core.rmem_max
+/// (208 KiB) would cap them below one burst of large datagrams; else as far as the system
+/// limit allows.
+pub fn size_buffers(socket: &socket2::Socket, bytes: usize) {
+    let forced = setsockopt(socket, sockopt::RcvBufForce, &bytes).is_ok()
+        && setsockopt(socket, sockopt::SndBufForce, &bytes).is_ok();
+    if !forced {
+        let _ = socket.set_recv_buffer_size(bytes);
+        let _ = socket.set_send_buffer_size(bytes);
+    }
+}
