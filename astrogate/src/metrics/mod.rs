@@ -197,11 +197,12 @@ impl Metrics {
         UdpActiveGuard(self.clone())
     }
 
-    /// One datagram forwarded `direction` ("up" or "down").
-    pub fn udp_datagram(&self, direction: &'static str) {
+    /// The counter of datagrams forwarded `direction` ("up" or "down"), to keep and bump per
+    /// datagram without looking the series up each time.
+    pub fn udp_datagrams(&self, direction: &'static str) -> Counter {
         self.udp_datagrams
             .get_or_create(&DirectionLabels { direction })
-            .inc();
+            .clone()
     }
 
     pub fn udp_dropped(&self, reason: &'static str) {

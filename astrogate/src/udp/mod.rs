@@ -6,6 +6,7 @@
 //! One loop per bound socket receives every datagram and hands it to its session's task; it
 //! never waits on anything else, so one slow session (a name to resolve, a full upstream)
 //! holds up only itself.
+mod flow;
 mod session;
 mod socket;
 
@@ -26,6 +27,7 @@ use tokio::{
 };
 
 use crate::{config::ListenerConfig, metrics::Metrics, pipeline::Snapshot};
+use flow::Flow;
 pub use socket::ListenSocket;
 
 /// Datagrams a session may have queued before its task takes them; beyond, they are dropped
@@ -33,6 +35,8 @@ pub use socket::ListenSocket;
 const SESSION_QUEUE: usize = 256;
 /// The largest UDP payload.
 const MAX_DATAGRAM: usize = 65_535;
+/// Datagrams received per system call, at most.
+const BATCH: usize = 32;
 
 /// What every UDP listener shares: the count of open sessions, for `max_udp_sessions`.
 #[derive(Debug, Default)]
@@ -125,82 +129,147 @@ pub fn bind(addr: SocketAddr, listener: ListenerConfig, ctx: UdpContext) -> io::
 /// A session: who sent, and to which of our addresses.
 type Key = (SocketAddr, SocketAddr);
 
+/// A session as the receive loop sees it.
+enum Entry {
+    /// Sniffing, routing or connecting: datagrams go to the session's task, which holds them.
+    Starting {
+        tx: mpsc::Sender<Vec<u8>>,
+        /// Datagrams that came after the task stopped taking them (it is handing over to the
+        /// loop); they follow the held ones, in order.
+        waiting: Vec<Vec<u8>>,
+    },
+    /// Forwarding: the loop sends each datagram straight to the upstream, without a copy or a
+    /// hop to another task.
+    Forwarding(Arc<Flow>),
+}
+
+/// What a session's task tells its receive loop.
+enum Control {
+    /// The upstream is connected: send these held datagrams, then forward directly.
+    Ready(Key, Arc<Flow>, Vec<Vec<u8>>),
+    /// The session is over.
+    Ended(Key),
+}
+
 async fn receive_loop(
     socket: Arc<ListenSocket>,
     listener: Arc<ArcSwap<ListenerConfig>>,
     ctx: UdpContext,
 ) {
-    let mut sessions: HashMap<Key, mpsc::Sender<Vec<u8>>> = HashMap::new();
-    let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<Key>();
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut sessions: HashMap<Key, Entry> = HashMap::new();
+    let (control_tx, mut control) = mpsc::unbounded_channel::<Control>();
+    let up = ctx.metrics.udp_datagrams("up");
+    let mut bufs = vec![vec![0u8; MAX_DATAGRAM]; BATCH];
+    let mut batch = Vec::with_capacity(BATCH);
     loop {
         tokio::select! {
-            received = socket.recv(&mut buf) => {
-                let (n, from, to) = match received {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "UDP receive failed");
-                        continue;
-                    }
-                };
-                let key = (from, to);
-                let datagram = buf[..n].to_vec();
-                if let Some(tx) = sessions.get(&key) {
-                    match tx.try_send(datagram) {
-                        Ok(()) => continue,
-                        Err(TrySendError::Full(_)) => {
-                            ctx.metrics.udp_dropped("queue_full");
-                            continue;
+            received = socket.recv_batch(&mut bufs, &mut batch) => {
+                if let Err(e) = received {
+                    tracing::debug!(error = %e, "UDP receive failed");
+                    continue;
+                }
+                for (i, &(n, from, to)) in batch.iter().enumerate() {
+                    let datagram = &bufs[i][..n];
+                    let key = (from, to);
+                    match sessions.get_mut(&key) {
+                        Some(Entry::Forwarding(flow)) => match flow.send_up(datagram) {
+                            Ok(()) => {
+                                up.inc();
+                            }
+                            Err(why) => ctx.metrics.udp_dropped(why),
+                        },
+                        Some(Entry::Starting { tx, waiting }) => {
+                            if !waiting.is_empty() {
+                                hold(waiting, datagram.to_vec(), &ctx);
+                                continue;
+                            }
+                            match tx.try_send(datagram.to_vec()) {
+                                Ok(()) => {}
+                                Err(TrySendError::Full(_)) => ctx.metrics.udp_dropped("queue_full"),
+                                Err(TrySendError::Closed(d)) => hold(waiting, d, &ctx),
+                            }
                         }
-                        // The session just ended: this datagram starts the next one.
-                        Err(TrySendError::Closed(d)) => {
-                            sessions.remove(&key);
-                            start(&mut sessions, key, d, &socket, &listener, &ctx, &ended_tx);
+                        None => {
+                            let first = vec![datagram.to_vec()];
+                            start(&mut sessions, key, first, &socket, &listener, &ctx, &control_tx);
                         }
                     }
-                } else {
-                    start(&mut sessions, key, datagram, &socket, &listener, &ctx, &ended_tx);
                 }
             }
-            Some(key) = ended_rx.recv() => {
-                if sessions.get(&key).is_some_and(mpsc::Sender::is_closed) {
-                    sessions.remove(&key);
+            Some(message) = control.recv() => match message {
+                Control::Ready(key, flow, held) => {
+                    let waiting = match sessions.remove(&key) {
+                        Some(Entry::Starting { waiting, .. }) => waiting,
+                        _ => Vec::new(),
+                    };
+                    for d in held.iter().chain(&waiting) {
+                        match flow.send_up(d) {
+                            Ok(()) => {
+                                up.inc();
+                            }
+                            Err(why) => ctx.metrics.udp_dropped(why),
+                        }
+                    }
+                    sessions.insert(key, Entry::Forwarding(flow));
+                }
+                Control::Ended(key) => {
+                    // Datagrams that came while it was ending start the next session.
+                    if let Some(Entry::Starting { waiting, .. }) = sessions.remove(&key) {
+                        if !waiting.is_empty() {
+                            start(&mut sessions, key, waiting, &socket, &listener, &ctx, &control_tx);
+                        }
+                    }
                 }
             }
         }
     }
 }
 
-/// Admits a new session under the cap and starts its task with its first datagram.
+/// Keeps a datagram for a session that is handing over to the loop, within the queue's size.
+fn hold(waiting: &mut Vec<Vec<u8>>, datagram: Vec<u8>, ctx: &UdpContext) {
+    if waiting.len() < SESSION_QUEUE {
+        waiting.push(datagram);
+    } else {
+        ctx.metrics.udp_dropped("queue_full");
+    }
+}
+
+/// Admits a new session under the cap and starts its task with its first datagrams.
 fn start(
-    sessions: &mut HashMap<Key, mpsc::Sender<Vec<u8>>>,
+    sessions: &mut HashMap<Key, Entry>,
     key: Key,
-    first: Vec<u8>,
+    first: Vec<Vec<u8>>,
     socket: &Arc<ListenSocket>,
     listener: &Arc<ArcSwap<ListenerConfig>>,
     ctx: &UdpContext,
-    ended: &mpsc::UnboundedSender<Key>,
+    control: &mpsc::UnboundedSender<Control>,
 ) {
     let snapshot = ctx.snapshot.load_full();
     let Some(slot) = ctx.sessions.admit(snapshot.settings.max_udp_sessions) else {
-        ctx.metrics.udp_dropped("session_cap");
+        for _ in &first {
+            ctx.metrics.udp_dropped("session_cap");
+        }
         return;
     };
     let (tx, rx) = mpsc::channel(SESSION_QUEUE);
-    let _ = tx.try_send(first);
-    sessions.insert(key, tx);
+    for d in first {
+        let _ = tx.try_send(d);
+    }
+    sessions.insert(
+        key,
+        Entry::Starting {
+            tx,
+            waiting: Vec::new(),
+        },
+    );
     let session = session::Session {
-        client: key.0,
-        local: key.1,
+        key,
         listener: listener.load_full(),
         snapshot,
         socket: socket.clone(),
         metrics: ctx.metrics.clone(),
+        control: control.clone(),
         slot,
     };
-    let ended = ended.clone();
-    tokio::spawn(async move {
-        session.run(rx).await;
-        let _ = ended.send(key);
-    });
+    tokio::spawn(session.run(rx));
 }

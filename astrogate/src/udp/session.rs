@@ -4,7 +4,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{net::UdpSocket, sync::mpsc, time::Instant};
 
-use super::{socket::ListenSocket, SessionSlot, MAX_DATAGRAM};
+use super::{flow::Flow, socket::ListenSocket, Control, Key, SessionSlot, MAX_DATAGRAM};
 use crate::{
     access_log::{AccessRecord, Outcome},
     config::{ListenerConfig, Target, TargetHost},
@@ -17,12 +17,13 @@ use crate::{
 const UPSTREAM_BUFFER: usize = 1 << 20;
 
 pub struct Session {
-    pub client: SocketAddr,
-    pub local: SocketAddr,
+    /// The client and the local address it sent to.
+    pub key: Key,
     pub listener: Arc<ListenerConfig>,
     pub snapshot: Arc<Snapshot>,
     pub socket: Arc<ListenSocket>,
     pub metrics: Arc<Metrics>,
+    pub control: mpsc::UnboundedSender<Control>,
     pub slot: SessionSlot,
 }
 
@@ -36,15 +37,24 @@ struct Counts {
 impl Session {
     pub async fn run(self, mut rx: mpsc::Receiver<Vec<u8>>) {
         let _active = self.metrics.open_udp_session();
-        let mut rec = AccessRecord::new(self.client, Arc::from(self.listener.name.as_str()));
+        let mut rec = AccessRecord::new(self.key.0, Arc::from(self.listener.name.as_str()));
         rec.raw = self.listener.to.is_some();
         let mut counts = Counts::default();
         rec.outcome = self.serve(&mut rx, &mut rec, &mut counts).await;
         rec.datagrams = Some((counts.up.0, counts.down.0));
         rec.up_bytes = counts.up.1;
         rec.down_bytes = counts.down.1;
+        let _ = self.control.send(Control::Ended(self.key));
         crate::pipeline::record::record(&rec, &self.metrics);
         drop(self.slot);
+    }
+
+    fn client(&self) -> SocketAddr {
+        self.key.0
+    }
+
+    fn local(&self) -> SocketAddr {
+        self.key.1
     }
 
     async fn serve(
@@ -56,7 +66,7 @@ impl Session {
         let settings = &self.snapshot.settings;
         let idle = settings.udp_idle_timeout;
         // Admit: the listener's lists, before anything is read.
-        if !self.listener.acl.permits(self.client.ip()) {
+        if !self.listener.acl.permits(self.client().ip()) {
             return self.refused(rx, Outcome::Denied, idle).await;
         }
         // Sniff: hold the datagrams until the Initial packets name a host.
@@ -83,8 +93,8 @@ impl Session {
                     detected.as_ref(),
                     &self.listener,
                     &self.snapshot.routes,
-                    self.local.port(),
-                    self.client.ip(),
+                    self.local().port(),
+                    self.client().ip(),
                 );
                 match plan {
                     Some(route::Plan::Connect { target, .. }) => target,
@@ -103,7 +113,7 @@ impl Session {
         // session's and nobody else's.
         let connecting = Instant::now();
         let upstream =
-            match open_upstream(&target, self.local.port(), settings.connect_timeout).await {
+            match open_upstream(&target, self.local().port(), settings.connect_timeout).await {
                 Ok(u) => u,
                 Err(why) => {
                     rec.detail = Some(why);
@@ -112,12 +122,20 @@ impl Session {
             };
         self.metrics.connected(connecting.elapsed());
         rec.upstream = upstream.peer_addr().ok();
-        // Forward: what was held first, in order and unchanged, then both ways until idle.
-        for d in &held {
-            self.up(&upstream, d, counts, rec).await;
+        // Forward: hand the upstream to the receive loop with what was held, in order and
+        // unchanged; from then on the loop sends the client's datagrams straight up. Closing
+        // the queue first means nothing can be left in it behind the handover.
+        rx.close();
+        while let Ok(d) = rx.try_recv() {
+            held.push(d);
         }
-        drop(held);
-        self.forward(rx, &upstream, idle, counts, rec).await
+        let flow = Arc::new(Flow::new(upstream));
+        let _ = self
+            .control
+            .send(Control::Ready(self.key, flow.clone(), held));
+        let outcome = self.forward(&flow, idle, counts, rec).await;
+        counts.up = flow.up();
+        outcome
     }
 
     /// Reads datagrams until the QUIC sniffer decides: the detected ClientHello (`None`: not
@@ -159,33 +177,29 @@ impl Session {
         }
     }
 
+    /// Sends the upstream's datagrams to the client, from the address the client sent to,
+    /// until neither side has sent for `idle`.
     async fn forward(
         &self,
-        rx: &mut mpsc::Receiver<Vec<u8>>,
-        upstream: &UdpSocket,
+        flow: &Flow,
         idle: Duration,
         counts: &mut Counts,
         rec: &mut AccessRecord,
     ) -> Outcome {
+        let down = self.metrics.udp_datagrams("down");
         let mut buf = vec![0u8; MAX_DATAGRAM];
-        let mut last = Instant::now();
+        let mut last_down = Instant::now();
         loop {
+            let quiet_since = last_down.max(flow.last_up());
             tokio::select! {
-                d = rx.recv() => match d {
-                    Some(d) => {
-                        last = Instant::now();
-                        self.up(upstream, &d, counts, rec).await;
-                    }
-                    None => return Outcome::Ok,
-                },
-                r = upstream.recv(&mut buf) => match r {
+                r = flow.upstream.recv(&mut buf) => match r {
                     Ok(n) => {
-                        last = Instant::now();
-                        match self.socket.send(&buf[..n], self.client, self.local).await {
+                        last_down = Instant::now();
+                        match self.socket.send(&buf[..n], self.client(), self.local()).await {
                             Ok(()) => {
                                 counts.down.0 += 1;
                                 counts.down.1 += n as u64;
-                                self.metrics.udp_datagram("down");
+                                down.inc();
                             }
                             Err(e) => rec.detail = Some(format!("to the client: {e}")),
                         }
@@ -194,25 +208,13 @@ impl Session {
                     // the upstream may come back; the record says what happened last.
                     Err(e) => rec.detail = Some(format!("from the upstream: {e}")),
                 },
-                _ = tokio::time::sleep_until(last + idle) => return Outcome::Ok,
+                _ = tokio::time::sleep_until(quiet_since + idle) => {
+                    // The client may have sent meanwhile: only a full quiet period ends it.
+                    if Instant::now() >= last_down.max(flow.last_up()) + idle {
+                        return Outcome::Ok;
+                    }
+                }
             }
-        }
-    }
-
-    async fn up(
-        &self,
-        upstream: &UdpSocket,
-        d: &[u8],
-        counts: &mut Counts,
-        rec: &mut AccessRecord,
-    ) {
-        match upstream.send(d).await {
-            Ok(_) => {
-                counts.up.0 += 1;
-                counts.up.1 += d.len() as u64;
-                self.metrics.udp_datagram("up");
-            }
-            Err(e) => rec.detail = Some(format!("to the upstream: {e}")),
         }
     }
 

@@ -9,8 +9,8 @@ use std::{
 };
 
 use nix::sys::socket::{
-    recvmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
-    SockaddrStorage,
+    recvmmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
+    MultiHeaders, SockaddrStorage,
 };
 use socket2::{Domain, Socket, Type};
 use tokio::{io::Interest, net::UdpSocket};
@@ -61,40 +61,49 @@ impl ListenSocket {
         self.local
     }
 
-    /// Receives one datagram: its length, who sent it and the address it was sent to.
-    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, SocketAddr)> {
-        if !self.wildcard {
-            let (n, from) = self.socket.recv_from(buf).await?;
-            return Ok((n, from, self.local));
-        }
+    /// Receives up to `bufs.len()` datagrams with one system call (recvmmsg), waiting for
+    /// the first: for each, its length (in the buffer of the same index), who sent it and the
+    /// address it was sent to. Under load, one call per batch instead of one per datagram is
+    /// what lets a single loop keep up with a fast sender.
+    pub async fn recv_batch(
+        &self,
+        bufs: &mut [Vec<u8>],
+        out: &mut Vec<(usize, SocketAddr, SocketAddr)>,
+    ) -> io::Result<()> {
+        out.clear();
         let fd = self.socket.as_raw_fd();
-        let port = self.local.port();
+        let (local, wildcard) = (self.local, self.wildcard);
         self.socket
             .async_io(Interest::READABLE, || {
-                let mut iov = [IoSliceMut::new(buf)];
-                let mut space = nix::cmsg_space!(libc::in6_pktinfo);
-                let msg =
-                    recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut space), MsgFlags::empty())
-                        .map_err(io::Error::from)?;
-                let from = msg
-                    .address
-                    .and_then(|a| to_std(&a))
-                    .ok_or_else(|| io::Error::other("a datagram without a source address"))?;
-                let mut to = None;
-                for cmsg in msg.cmsgs().map_err(io::Error::from)? {
-                    match cmsg {
-                        ControlMessageOwned::Ipv4PacketInfo(info) => {
-                            let ip = std::net::Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr));
-                            to = Some(SocketAddr::new(IpAddr::V4(ip), port));
+                let cmsg = wildcard.then(|| nix::cmsg_space!(libc::in6_pktinfo));
+                let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(bufs.len(), cmsg);
+                let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs
+                    .iter_mut()
+                    .map(|b| [IoSliceMut::new(&mut b[..])])
+                    .collect();
+                let received = recvmmsg(
+                    fd,
+                    &mut headers,
+                    iovs.iter_mut(),
+                    MsgFlags::MSG_DONTWAIT,
+                    None,
+                )
+                .map_err(io::Error::from)?;
+                for msg in received {
+                    let Some(from) = msg.address.and_then(|a| to_std(&a)) else {
+                        continue;
+                    };
+                    let mut to = local;
+                    if wildcard {
+                        for cmsg in msg.cmsgs().map_err(io::Error::from)? {
+                            if let Some(ip) = destination(&cmsg) {
+                                to = SocketAddr::new(ip, local.port());
+                            }
                         }
-                        ControlMessageOwned::Ipv6PacketInfo(info) => {
-                            let ip = std::net::Ipv6Addr::from(info.ipi6_addr.s6_addr);
-                            to = Some(SocketAddr::new(IpAddr::V6(ip), port));
-                        }
-                        _ => {}
                     }
+                    out.push((msg.bytes, from, to));
                 }
-                Ok((msg.bytes, from, to.unwrap_or(self.local)))
+                Ok(())
             })
             .await
     }
@@ -136,6 +145,19 @@ impl ListenSocket {
                 sent.map(|_| ()).map_err(io::Error::from)
             })
             .await
+    }
+}
+
+/// The address a datagram was sent to, from its IP_PKTINFO / IPV6_PKTINFO.
+fn destination(cmsg: &ControlMessageOwned) -> Option<IpAddr> {
+    match cmsg {
+        ControlMessageOwned::Ipv4PacketInfo(info) => Some(IpAddr::V4(std::net::Ipv4Addr::from(
+            u32::from_be(info.ipi_addr.s_addr),
+        ))),
+        ControlMessageOwned::Ipv6PacketInfo(info) => {
+            Some(IpAddr::V6(std::net::Ipv6Addr::from(info.ipi6_addr.s6_addr)))
+        }
+        _ => None,
     }
 }
 

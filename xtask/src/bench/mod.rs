@@ -5,6 +5,7 @@
 mod ops;
 mod tools;
 mod tunnel;
+mod udp;
 
 use std::{
     fmt::Write as _,
@@ -31,7 +32,14 @@ pub struct Options {
 }
 
 /// Every topology, in the order they run.
-pub const TOPOLOGIES: [&str; 5] = ["loopback", "veth", "ops", "tunnel-veth", "tunnel-ygg"];
+pub const TOPOLOGIES: [&str; 6] = [
+    "loopback",
+    "veth",
+    "ops",
+    "udp",
+    "tunnel-veth",
+    "tunnel-ygg",
+];
 
 /// One column of the table.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -241,6 +249,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     for (name, make) in [
         ("loopback", Topology::loopback as fn() -> Result<Topology>),
         ("ops", Topology::veth),
+        ("udp", Topology::veth),
         ("veth", Topology::veth),
         ("tunnel-veth", Topology::tunnel_veth),
         ("tunnel-ygg", Topology::tunnel_ygg),
@@ -248,8 +257,12 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         if !opts.topologies.iter().any(|t| t == name) {
             continue;
         }
-        if name == "ops" {
-            let table = ops::run(root, opts.runs, opts.seconds)?;
+        let special = match name {
+            "ops" => Some(ops::run(root, opts.runs, opts.seconds)?),
+            "udp" => Some(udp::run(root, opts.runs, opts.seconds)?),
+            _ => None,
+        };
+        if let Some(table) = special {
             println!("{table}");
             report.push_str(&table);
             continue;

@@ -1,0 +1,60 @@
+//! A session's upstream once connected, shared by the receive loop (which sends the client's
+//! datagrams up) and the session's task (which sends the replies down and ends it when idle).
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::{net::UdpSocket, time::Instant};
+
+pub struct Flow {
+    pub upstream: UdpSocket,
+    started: Instant,
+    /// When the client last sent, in milliseconds since `started`.
+    last_up_ms: AtomicU64,
+    up_datagrams: AtomicU64,
+    up_bytes: AtomicU64,
+}
+
+impl Flow {
+    pub fn new(upstream: UdpSocket) -> Flow {
+        Flow {
+            upstream,
+            started: Instant::now(),
+            last_up_ms: AtomicU64::new(0),
+            up_datagrams: AtomicU64::new(0),
+            up_bytes: AtomicU64::new(0),
+        }
+    }
+
+    /// Sends one datagram up without waiting. When the socket's buffer is full it is dropped,
+    /// as the kernel would drop it anywhere else on the path; the error names why, as a
+    /// metrics label.
+    pub fn send_up(&self, datagram: &[u8]) -> Result<(), &'static str> {
+        self.last_up_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        // Straight to the kernel: tokio's try_send would first consult its cached readiness,
+        // which says nothing until the socket has been polled for writing.
+        match socket2::SockRef::from(&self.upstream).send(datagram) {
+            Ok(_) => {
+                self.up_datagrams.fetch_add(1, Ordering::Relaxed);
+                self.up_bytes
+                    .fetch_add(datagram.len() as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err("upstream_busy"),
+            // An ICMP error from an earlier datagram (port unreachable): UDP carries on.
+            Err(_) => Err("upstream_error"),
+        }
+    }
+
+    /// When the client last sent a datagram.
+    pub fn last_up(&self) -> Instant {
+        self.started + std::time::Duration::from_millis(self.last_up_ms.load(Ordering::Relaxed))
+    }
+
+    /// (datagrams, bytes) sent up.
+    pub fn up(&self) -> (u64, u64) {
+        (
+            self.up_datagrams.load(Ordering::Relaxed),
+            self.up_bytes.load(Ordering::Relaxed),
+        )
+    }
+}
