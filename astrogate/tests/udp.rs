@@ -446,3 +446,75 @@ fn metric(text: &str, series: &str) -> f64 {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
 }
+
+const IPERF: &str = r#"
+[[listener]]
+name = "iperf-control"
+bind = ["127.0.0.1:7201"]
+to = "127.0.0.1:5201"
+
+[[listener]]
+name = "iperf-data"
+transport = "udp"
+bind = ["127.0.0.1:7201"]
+to = "127.0.0.1:5201"
+"#;
+
+#[test]
+fn iperf3_over_udp_loses_nothing_at_a_moderate_rate() {
+    let mut lab = Lab::new("udp-iperf");
+    lab.spawn(
+        "iperf3",
+        "iperf3",
+        &["-s", "-p", "5201"],
+        Some("127.0.0.1:5201".parse().unwrap()),
+    );
+    lab.gateway(IPERF);
+    // iperf3's control connection (TCP) and its datagrams (UDP) share the port: two
+    // listeners, one per transport. Both directions, 2 s each at 200 Mbit/s of 1200 B.
+    for reverse in [false, true] {
+        let mut args = vec![
+            "-u",
+            "-J",
+            "-c",
+            "127.0.0.1",
+            "-p",
+            "7201",
+            "-l",
+            "1200",
+            "-b",
+            "200M",
+            "-t",
+            "2",
+        ];
+        if reverse {
+            args.push("-R");
+        }
+        let out = lab.client("iperf3", &args);
+        let text = stdout(&out);
+        let at = text
+            .find("\"sum_received\"")
+            .unwrap_or_else(|| panic!("{text}"));
+        let field = |key: &str| -> u64 {
+            let rest = &text[at..];
+            let from = rest.find(key).unwrap() + key.len();
+            rest[from..]
+                .trim_start_matches([':', ' '])
+                .split([',', '\n'])
+                .next()
+                .unwrap()
+                .trim()
+                .parse::<f64>()
+                .unwrap() as u64
+        };
+        let (packets, lost, bytes) = (
+            field("\"packets\""),
+            field("\"lost_packets\""),
+            field("\"bytes\""),
+        );
+        eprintln!("reverse={reverse}: {packets} datagrams, {lost} lost, {bytes} bytes received");
+        assert!(packets > 20_000, "{packets} datagrams in 2 s at 200 Mbit/s");
+        assert_eq!(lost, 0, "reverse={reverse}");
+        assert_eq!(bytes, packets * 1200);
+    }
+}
