@@ -518,3 +518,51 @@ fn iperf3_over_udp_loses_nothing_at_a_moderate_rate() {
         assert_eq!(bytes, packets * 1200);
     }
 }
+
+#[test]
+fn datagrams_a_client_sends_with_gso_keep_their_boundaries() {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, SockaddrStorage};
+    use std::{io::IoSlice, os::fd::AsRawFd};
+    let mut lab = Lab::new("udp-gso");
+    transform_server(&lab, "127.0.0.1:9053");
+    lab.gateway(PLAIN);
+    let socket = lab
+        .ns
+        .enter(|| UdpSocket::bind("127.0.0.1:0"))
+        .unwrap()
+        .unwrap();
+    socket.connect("127.0.0.1:5353").unwrap();
+    big_buffers(&socket);
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut buf = vec![0u8; 65_535];
+    // A first datagram sets the session up; what follows reaches a forwarding session.
+    socket.send(b"hello").unwrap();
+    let n = socket.recv(&mut buf).unwrap();
+    assert_eq!(buf[..n], expected_reply(b"hello")[..]);
+    // Then buffers of 11 datagrams, 1000 bytes each and a shorter last one, each sent in one
+    // call with UDP_SEGMENT: the gateway's socket (UDP_GRO) receives each buffer whole, and
+    // sends it on with GSO. The server must still see eleven datagrams.
+    for round in 0..32u8 {
+        let data: Vec<u8> = (0..10_500u32).map(|i| (i as u8) ^ round).collect();
+        let iov = [IoSlice::new(&data)];
+        let segment: u16 = 1000;
+        let cmsg = [ControlMessage::UdpGsoSegments(&segment)];
+        sendmsg::<SockaddrStorage>(socket.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
+            .unwrap();
+        for (i, d) in data.chunks(1000).enumerate() {
+            let n = socket
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("round {round}: reply {i} of 11: {e}"));
+            assert!(
+                buf[..n] == expected_reply(d)[..],
+                "round {round}: reply {i} differs ({n} bytes)"
+            );
+        }
+    }
+    let line = lab.wait_access_log(&["udp session", "listener=dns4"]);
+    let sent = 1 + 32 * 11;
+    assert!(line.contains(&format!("up_datagrams={sent} ")), "{line}");
+    assert!(line.contains(&format!("down_datagrams={sent} ")), "{line}");
+}

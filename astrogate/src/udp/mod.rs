@@ -168,31 +168,27 @@ async fn receive_loop(
                     tracing::debug!(error = %e, "UDP receive failed");
                     continue;
                 }
-                for (i, &(n, from, to)) in batch.iter().enumerate() {
-                    let datagram = &bufs[i][..n];
-                    let key = (from, to);
-                    match sessions.get_mut(&key) {
-                        Some(Entry::Forwarding(flow)) => match flow.send_up(datagram) {
-                            Ok(()) => {
-                                up.inc();
+                for (i, r) in batch.iter().enumerate() {
+                    let data = &bufs[i][..r.len];
+                    let key = (r.from, r.to);
+                    let segment = usize::from(r.segment);
+                    if segment > 0 && data.len() > segment {
+                        // Coalesced by GRO: a forwarding session sends it on as it came;
+                        // anything else takes the datagrams one by one.
+                        if let Some(Entry::Forwarding(flow)) = sessions.get(&key) {
+                            match flow.send_up_segments(data, r.segment) {
+                                Ok(n) => {
+                                    up.inc_by(n);
+                                }
+                                Err(why) => ctx.metrics.udp_dropped(why),
                             }
-                            Err(why) => ctx.metrics.udp_dropped(why),
-                        },
-                        Some(Entry::Starting { tx, waiting }) => {
-                            if !waiting.is_empty() {
-                                hold(waiting, datagram.to_vec(), &ctx);
-                                continue;
-                            }
-                            match tx.try_send(datagram.to_vec()) {
-                                Ok(()) => {}
-                                Err(TrySendError::Full(_)) => ctx.metrics.udp_dropped("queue_full"),
-                                Err(TrySendError::Closed(d)) => hold(waiting, d, &ctx),
-                            }
+                            continue;
                         }
-                        None => {
-                            let first = vec![datagram.to_vec()];
-                            start(&mut sessions, key, first, &socket, &listener, &ctx, &control_tx);
+                        for d in data.chunks(segment) {
+                            one(&mut sessions, key, d, &socket, &listener, &ctx, &control_tx, &up);
                         }
+                    } else {
+                        one(&mut sessions, key, data, &socket, &listener, &ctx, &control_tx, &up);
                     }
                 }
             }
@@ -221,6 +217,43 @@ async fn receive_loop(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Delivers one datagram to its session, starting one for a new source.
+#[allow(clippy::too_many_arguments)]
+fn one(
+    sessions: &mut HashMap<Key, Entry>,
+    key: Key,
+    datagram: &[u8],
+    socket: &Arc<ListenSocket>,
+    listener: &Arc<ArcSwap<ListenerConfig>>,
+    ctx: &UdpContext,
+    control: &mpsc::UnboundedSender<Control>,
+    up: &prometheus_client::metrics::counter::Counter,
+) {
+    match sessions.get_mut(&key) {
+        Some(Entry::Forwarding(flow)) => match flow.send_up(datagram) {
+            Ok(()) => {
+                up.inc();
+            }
+            Err(why) => ctx.metrics.udp_dropped(why),
+        },
+        Some(Entry::Starting { tx, waiting }) => {
+            if !waiting.is_empty() {
+                hold(waiting, datagram.to_vec(), ctx);
+                return;
+            }
+            match tx.try_send(datagram.to_vec()) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => ctx.metrics.udp_dropped("queue_full"),
+                Err(TrySendError::Closed(d)) => hold(waiting, d, ctx),
+            }
+        }
+        None => {
+            let first = vec![datagram.to_vec()];
+            start(sessions, key, first, socket, listener, ctx, control);
         }
     }
 }
