@@ -149,6 +149,7 @@ impl TunnelLab {
             r#"
 [gateway]
 data_path = "{data_path}"
+udp_idle_timeout = "1s"
 
 [tunnels]
 bind = ["{tunnel_addr}"]
@@ -168,6 +169,12 @@ protocols = ["dial"]
 name = "web"
 bind = ["{GW_V4}:80", "[{GW_V6}]:80"]
 protocols = ["http"]
+
+[[listener]]
+name = "dns"
+transport = "udp"
+bind = ["{GW_V4}:53", "[{GW_V6}]:53"]
+to = "tunnel:alpha:5300"
 
 [[route]]
 hosts = ["hash.test"]
@@ -448,6 +455,71 @@ fn wildcard_services_see_each_clients_address_and_port_and_every_byte(transport:
     transfers(&t, together, 16);
     let log = t.lab.wait_access_log(&["host=hash.test", "path=splice"]);
     assert!(log.contains("target=tunnel:alpha:9000"), "{log}");
+}
+
+on_both_transports!(dig_through_the_tunnel_reaches_dnsmasq_which_sees_the_client);
+fn dig_through_the_tunnel_reaches_dnsmasq_which_sees_the_client(transport: Transport) {
+    astrogate_lab::require_root().unwrap();
+    let mut t = TunnelLab::new("tunnel-dns", transport);
+    // dnsmasq on the service host's wildcard, answering from the address each query came to
+    // (IP_PKTINFO), and logging who asked.
+    let log = t.lab.dir.join("dnsmasq.log");
+    let mut cmd = t.svc().command("dnsmasq");
+    cmd.args([
+        "--keep-in-foreground",
+        "--no-resolv",
+        "--no-hosts",
+        "--port=5300",
+        "--address=/svc.example/10.9.8.7",
+        "--address=/svc.example/2001:db8::7",
+        "--log-queries",
+        "--log-facility=-",
+        "--pid-file=",
+        "--user=root",
+    ]);
+    let dnsmasq = Child::spawn("dnsmasq", &mut cmd, &log).unwrap();
+    t.start_gateway("auto");
+    t.start_client();
+    for (server, kind, want, client) in [
+        (GW_V4, "A", "10.9.8.7", "10.201.0.2"),
+        (GW_V6, "AAAA", "2001:db8::7", "fd00:201::2"),
+    ] {
+        for round in 0..3 {
+            let out = t
+                .inet()
+                .command("dig")
+                .args([
+                    &format!("@{server}"),
+                    "-p",
+                    "53",
+                    "+short",
+                    "+tries=1",
+                    "+time=3",
+                    &format!("r{round}.svc.example"),
+                    kind,
+                ])
+                .output()
+                .unwrap();
+            let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            assert_eq!(
+                answer,
+                want,
+                "dig {kind} via {server}\ngateway:\n{}\nclient:\n{}\ndnsmasq:\n{}",
+                t.lab.gateway_log(),
+                t.client_log(),
+                dnsmasq.output()
+            );
+        }
+        // dnsmasq saw the internet client's own address, not the gateway's or the tunnel's.
+        let seen = dnsmasq.output();
+        assert!(
+            seen.lines()
+                .any(|l| l.contains("svc.example") && l.contains(&format!("from {client}"))),
+            "dnsmasq never saw {client}:\n{seen}"
+        );
+    }
+    let line = t.lab.wait_access_log(&["udp session", "listener=dns"]);
+    assert!(line.contains("target=tunnel:alpha:5300"), "{line}");
 }
 
 /// HAProxy, bound to 0.0.0.0 and [::], answers each request with the source it saw.

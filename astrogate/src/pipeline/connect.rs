@@ -46,7 +46,7 @@ pub async fn open(
     };
     let port = target.port.unwrap_or(default_port);
     let stream = tunnels
-        .open(name, client, port, timeout)
+        .open(name, client, port, timeout, false)
         .await
         .map_err(ConnectError::Tunnel)?;
     let addr = stream.peer_addr().map_err(|source| {

@@ -92,6 +92,7 @@ impl Runtime {
             snapshot: ctx.snapshot.clone(),
             sessions: UdpSessions::new(),
             metrics: ctx.metrics.clone(),
+            tunnels: ctx.tunnels.clone(),
         };
         let udp_bound = bind_udp_new(&config, &HashMap::new(), &udp)?;
         let tunnel_bound = bind_tunnels_new(&config, &HashMap::new(), &ctx.tunnels)?;

@@ -183,14 +183,15 @@ impl Hub {
         tracing::info!(%tunnel, %peer, %why, "tunnel client disconnected");
     }
 
-    /// Asks `tunnel`'s client to connect from `client` to its service's `port`, and returns
-    /// the data connection once the service has accepted.
+    /// Asks `tunnel`'s client to connect from `client` to its service's `port` (TCP, or a UDP
+    /// flow with `udp`), and returns the data connection once the service has accepted.
     pub async fn open(
         &self,
         tunnel: &str,
         client: SocketAddr,
         port: u16,
         timeout: Duration,
+        udp: bool,
     ) -> Result<TcpStream, OpenError> {
         let deadline = Instant::now() + timeout;
         let to_client = self
@@ -207,6 +208,7 @@ impl Hub {
             client,
             port,
             timeout_ms: timeout.as_millis().min(u32::MAX as u128) as u32,
+            udp,
         };
         let timed_out = || OpenError::Timeout(tunnel.to_string());
         match tokio::time::timeout_at(deadline, to_client.send(open)).await {

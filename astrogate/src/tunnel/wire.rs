@@ -62,12 +62,14 @@ pub enum Control {
     Ping(u64),
     Pong(u64),
     /// Gateway to client: open a TCP connection from `client` to the service's `port`, then a
-    /// data connection that presents `token`.
+    /// data connection that presents `token`. With `udp`, a UDP flow instead: the data
+    /// connection then carries datagrams, each after its length (u16, big-endian).
     Open {
         token: Token,
         client: SocketAddr,
         port: u16,
         timeout_ms: u32,
+        udp: bool,
     },
 }
 
@@ -79,6 +81,9 @@ const WELCOME: u8 = 1;
 const PING: u8 = 2;
 const PONG: u8 = 3;
 const OPEN: u8 = 4;
+/// An Open for a UDP flow: the same body, so a client that predates UDP refuses it as an
+/// unknown message rather than opening a TCP connection.
+const OPEN_UDP: u8 = 5;
 /// Longer names are refused by config validation, so a Welcome always fits.
 pub const MAX_TUNNEL_NAME: usize = 64;
 
@@ -107,8 +112,9 @@ impl Control {
                 client,
                 port,
                 timeout_ms,
+                udp,
             } => {
-                out.push(OPEN);
+                out.push(if *udp { OPEN_UDP } else { OPEN });
                 out.extend_from_slice(token);
                 out.extend_from_slice(&port.to_be_bytes());
                 out.extend_from_slice(&timeout_ms.to_be_bytes());
@@ -152,7 +158,7 @@ impl Control {
             }
             PING => Ok(Control::Ping(u64_of(body)?)),
             PONG => Ok(Control::Pong(u64_of(body)?)),
-            OPEN => {
+            OPEN | OPEN_UDP => {
                 let (token, rest) = body
                     .split_first_chunk::<TOKEN_LEN>()
                     .ok_or(Malformed("short open"))?;
@@ -180,6 +186,7 @@ impl Control {
                     client: SocketAddr::new(ip, u16::from_be_bytes(*cport)),
                     port: u16::from_be_bytes(*port),
                     timeout_ms: u32::from_be_bytes(*ms),
+                    udp: tag == OPEN_UDP,
                 })
             }
             _ => Err(Malformed("unknown message type")),
@@ -204,12 +211,14 @@ mod tests {
                 client: "203.0.113.9:51234".parse().unwrap(),
                 port: 8080,
                 timeout_ms: 5000,
+                udp: false,
             },
             Control::Open {
                 token: [1; 16],
                 client: "[2001:db8::7]:40000".parse().unwrap(),
                 port: 443,
                 timeout_ms: 1,
+                udp: true,
             },
         ]
     }

@@ -9,6 +9,7 @@
 mod flow;
 mod session;
 mod socket;
+mod tunnel;
 
 use std::{
     collections::HashMap,
@@ -26,7 +27,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-use crate::{config::ListenerConfig, metrics::Metrics, pipeline::Snapshot};
+use crate::{config::ListenerConfig, metrics::Metrics, pipeline::Snapshot, tunnel::hub::Hub};
 use flow::Flow;
 pub use socket::ListenSocket;
 
@@ -91,6 +92,8 @@ pub struct UdpContext {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub sessions: Arc<UdpSessions>,
     pub metrics: Arc<Metrics>,
+    /// For `tunnel:NAME` targets.
+    pub tunnels: Arc<Hub>,
 }
 
 /// One bound UDP address and the loop receiving on it.
@@ -301,6 +304,7 @@ fn start(
         snapshot,
         socket: socket.clone(),
         metrics: ctx.metrics.clone(),
+        tunnels: ctx.tunnels.clone(),
         control: control.clone(),
         slot,
     };

@@ -11,6 +11,7 @@ use crate::{
     metrics::Metrics,
     pipeline::{route, Snapshot},
     sniff::{quic, Detected, Protocol, Sniff},
+    tunnel::hub::Hub,
 };
 
 /// A session socket's buffers.
@@ -23,15 +24,16 @@ pub struct Session {
     pub snapshot: Arc<Snapshot>,
     pub socket: Arc<ListenSocket>,
     pub metrics: Arc<Metrics>,
+    pub tunnels: Arc<Hub>,
     pub control: mpsc::UnboundedSender<Control>,
     pub slot: SessionSlot,
 }
 
 /// Datagram counts and bytes, each way.
 #[derive(Default)]
-struct Counts {
-    up: (u64, u64),
-    down: (u64, u64),
+pub(super) struct Counts {
+    pub up: (u64, u64),
+    pub down: (u64, u64),
 }
 
 impl Session {
@@ -49,11 +51,11 @@ impl Session {
         drop(self.slot);
     }
 
-    fn client(&self) -> SocketAddr {
+    pub(super) fn client(&self) -> SocketAddr {
         self.key.0
     }
 
-    fn local(&self) -> SocketAddr {
+    pub(super) fn local(&self) -> SocketAddr {
         self.key.1
     }
 
@@ -109,6 +111,25 @@ impl Session {
             }
         };
         rec.target = Some(target.to_string());
+        if let TargetHost::Tunnel(name) = &target.host {
+            let port = target.port.unwrap_or(self.local().port());
+            let timeout = settings.connect_timeout;
+            let connecting = Instant::now();
+            let stream = match self
+                .tunnels
+                .open(name, self.client(), port, timeout, true)
+                .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    rec.detail = Some(e.to_string());
+                    return self.refused(rx, Outcome::UpstreamUnreachable, idle).await;
+                }
+            };
+            self.metrics.connected(connecting.elapsed());
+            rec.upstream = stream.peer_addr().ok();
+            return super::tunnel::forward(self, rx, stream, held, idle, counts, rec).await;
+        }
         // Connect: a socket of its own, connected to the upstream, so replies are this
         // session's and nobody else's.
         let connecting = Instant::now();

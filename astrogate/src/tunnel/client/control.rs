@@ -104,6 +104,7 @@ async fn session(config: &Arc<ClientConfig>, opens: &mpsc::Sender<Open>) -> Resu
             client,
             port,
             timeout_ms,
+            udp,
         } = msg
         {
             let timeout = Duration::from_millis(u64::from(timeout_ms));
@@ -114,6 +115,7 @@ async fn session(config: &Arc<ClientConfig>, opens: &mpsc::Sender<Open>) -> Resu
                 client,
                 port,
                 timeout,
+                udp,
             ));
         }
     })
@@ -131,6 +133,7 @@ async fn serve_open(
     client: SocketAddr,
     port: u16,
     timeout: Duration,
+    udp: bool,
 ) {
     let service = stack::service_addr(client, config.v4.map(|a| a.0), config.v6.map(|a| a.0), port);
     let connect = async {
@@ -142,6 +145,7 @@ async fn serve_open(
             client,
             service,
             timeout,
+            udp,
             reply,
         };
         if opens.send(open).await.is_err() {

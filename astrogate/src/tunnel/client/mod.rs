@@ -6,6 +6,7 @@
 //! (`flow`). `host` owns what changes on the host.
 pub mod config;
 mod control;
+mod datagrams;
 mod flow;
 mod host;
 pub mod stack;
@@ -79,11 +80,11 @@ pub async fn run(config: ClientConfig, stop: impl Future<Output = ()>) -> Result
 struct SharedFlows(Arc<std::sync::Mutex<tc::TcFlows>>);
 
 impl FlowObserver for SharedFlows {
-    fn opened(&mut self, client: std::net::SocketAddr, service: std::net::SocketAddr) {
-        self.lock().opened(client, service);
+    fn opened(&mut self, client: std::net::SocketAddr, service: std::net::SocketAddr, udp: bool) {
+        self.lock().opened(client, service, udp);
     }
-    fn closed(&mut self, client: std::net::SocketAddr, service: std::net::SocketAddr) {
-        self.lock().closed(client, service);
+    fn closed(&mut self, client: std::net::SocketAddr, service: std::net::SocketAddr, udp: bool) {
+        self.lock().closed(client, service, udp);
     }
 }
 

@@ -26,7 +26,10 @@ use tokio::{
     time::Instant,
 };
 
-use super::flow::FlowShared;
+use super::{
+    datagrams::{self, DatagramFlow},
+    flow::FlowShared,
+};
 use crate::tunnel::wire::DataStatus;
 
 /// The stack's MTU, and the largest packet either side writes. Large, so bulk transfers cost
@@ -50,6 +53,8 @@ pub struct Open {
     pub client: SocketAddr,
     pub service: SocketAddr,
     pub timeout: Duration,
+    /// A UDP flow rather than a TCP connection.
+    pub udp: bool,
     pub reply: oneshot::Sender<Result<Arc<FlowShared>, DataStatus>>,
 }
 
@@ -179,8 +184,9 @@ struct Flow {
 
 /// What the tunnel's TC program needs to know as flows come and go.
 pub trait FlowObserver: Send {
-    fn opened(&mut self, client: SocketAddr, service: SocketAddr);
-    fn closed(&mut self, client: SocketAddr, service: SocketAddr);
+    /// A flow opened: TCP, or UDP with `udp`.
+    fn opened(&mut self, client: SocketAddr, service: SocketAddr, udp: bool);
+    fn closed(&mut self, client: SocketAddr, service: SocketAddr, udp: bool);
 }
 
 pub struct Stack<T> {
@@ -188,6 +194,8 @@ pub struct Stack<T> {
     sockets: SocketSet<'static>,
     queues: Queues,
     flows: HashMap<SocketHandle, Flow>,
+    /// UDP flows.
+    datagram_flows: HashMap<SocketHandle, DatagramFlow>,
     /// Opens whose 4-tuple a flow still holds, or closed within the current millisecond, with
     /// their deadlines.
     waiting: Vec<(Open, Instant)>,
@@ -243,6 +251,7 @@ impl<T: Tun> Stack<T> {
             sockets: SocketSet::new(Vec::new()),
             queues,
             flows: HashMap::new(),
+            datagram_flows: HashMap::new(),
             waiting: Vec::new(),
             closed_at: HashMap::new(),
             wake: Arc::new(Notify::new()),
@@ -325,8 +334,57 @@ impl<T: Tun> Stack<T> {
     }
 
     fn open(&mut self, open: Open) {
+        if open.udp {
+            return self.open_datagrams(open);
+        }
         let deadline = Instant::now() + open.timeout;
         self.start(open, deadline);
+    }
+
+    /// A UDP flow has no handshake: it is open as soon as its socket is bound.
+    fn open_datagrams(&mut self, open: Open) {
+        let started = datagrams::start(
+            &mut self.sockets,
+            open.client,
+            open.service,
+            self.wake.clone(),
+        );
+        match started {
+            Ok((handle, flow)) => {
+                self.observer.opened(open.client, open.service, true);
+                if open.reply.send(Ok(flow.shared.clone())).is_err() {
+                    self.observer.closed(open.client, open.service, true);
+                    self.sockets.remove(handle);
+                    return;
+                }
+                self.datagram_flows.insert(handle, flow);
+            }
+            Err(status) => {
+                let _ = open.reply.send(Err(status));
+            }
+        }
+    }
+
+    /// Moves every UDP flow's datagrams; ends the flows that are over. Returns whether
+    /// anything moved.
+    fn service_datagram_flows(&mut self) -> bool {
+        let mut moved = false;
+        let mut finished = Vec::new();
+        for (&handle, flow) in &self.datagram_flows {
+            let socket = self.sockets.get_mut::<smoltcp::socket::udp::Socket>(handle);
+            let (m, done) = datagrams::pump(socket, flow);
+            moved |= m;
+            if done {
+                finished.push(handle);
+            }
+        }
+        for handle in finished {
+            if let Some(flow) = self.datagram_flows.remove(&handle) {
+                self.observer.closed(flow.client, flow.service, true);
+            }
+            self.sockets.remove(handle);
+        }
+        moved
     }
 
     /// Connects `open`'s socket, which must be connected by `deadline`.
@@ -361,7 +419,7 @@ impl<T: Tun> Stack<T> {
             let _ = open.reply.send(Err(DataStatus::Failed));
             return;
         }
-        self.observer.opened(open.client, open.service);
+        self.observer.opened(open.client, open.service, false);
         let handle = self.sockets.add(socket);
         self.flows.insert(
             handle,
@@ -388,7 +446,8 @@ impl<T: Tun> Stack<T> {
             let _ = self
                 .iface
                 .poll(SmolInstant::now(), &mut self.queues, &mut self.sockets);
-            if !self.service_flows() {
+            let tcp = self.service_flows();
+            if !(self.service_datagram_flows() || tcp) {
                 break;
             }
         }
@@ -454,7 +513,7 @@ impl<T: Tun> Stack<T> {
         self.closed_at.retain(|_, &mut closed| closed == ms);
         for handle in finished {
             if let Some(flow) = self.flows.remove(&handle) {
-                self.observer.closed(flow.tuple.0, flow.tuple.1);
+                self.observer.closed(flow.tuple.0, flow.tuple.1, false);
                 if flow.closed_cleanly {
                     self.closed_at.insert(flow.tuple, ms);
                 }

@@ -7,11 +7,13 @@ use super::stack::FlowObserver;
 use crate::ebpf::TunnelKernel;
 
 const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
 
-/// The key of a TCP flow from `client` to `service`, as its packets leave through the TUN.
-pub fn flow_key(client: SocketAddr, service: SocketAddr) -> TunnelFlow {
+/// The key of a flow (TCP, or UDP with `udp`) from `client` to `service`, as its packets
+/// leave through the TUN.
+pub fn flow_key(client: SocketAddr, service: SocketAddr, udp: bool) -> TunnelFlow {
     let mut key = TunnelFlow {
-        protocol: IPPROTO_TCP,
+        protocol: if udp { IPPROTO_UDP } else { IPPROTO_TCP },
         service_port: service.port().to_be_bytes(),
         client_port: client.port().to_be_bytes(),
         ..TunnelFlow::default()
@@ -29,15 +31,15 @@ pub fn flow_key(client: SocketAddr, service: SocketAddr) -> TunnelFlow {
 pub struct TcFlows(pub TunnelKernel);
 
 impl FlowObserver for TcFlows {
-    fn opened(&mut self, client: SocketAddr, service: SocketAddr) {
-        let key = flow_key(client, service);
+    fn opened(&mut self, client: SocketAddr, service: SocketAddr, udp: bool) {
+        let key = flow_key(client, service, udp);
         if let Err(e) = self.0.flows.insert(key, TunnelFlowStats::default(), 0) {
             tracing::warn!(%client, %service, error = %e, "the TC flow map refused a flow");
         }
     }
 
-    fn closed(&mut self, client: SocketAddr, service: SocketAddr) {
-        let _ = self.0.flows.remove(&flow_key(client, service));
+    fn closed(&mut self, client: SocketAddr, service: SocketAddr, udp: bool) {
+        let _ = self.0.flows.remove(&flow_key(client, service, udp));
     }
 }
 
@@ -60,6 +62,7 @@ mod tests {
         let k = flow_key(
             "203.0.113.9:51234".parse().unwrap(),
             "100.64.77.1:8080".parse().unwrap(),
+            false,
         );
         assert_eq!(&k.client_addr[..4], &[203, 0, 113, 9]);
         assert_eq!(&k.client_addr[4..], &[0; 12]);
@@ -70,8 +73,9 @@ mod tests {
         let k6 = flow_key(
             "[2001:db8::7]:1".parse().unwrap(),
             "[fd64:77::1]:2".parse().unwrap(),
+            true,
         );
-        assert_eq!(k6.family, 6);
+        assert_eq!((k6.family, k6.protocol), (6, 17));
         assert_eq!(k6.client_addr[0..2], [0x20, 0x01]);
     }
 }
