@@ -963,12 +963,30 @@ fn a_client_port_reused_while_the_service_holds_time_wait_connects_at_once() {
             (0..12)
                 .map(|_| {
                     let started = std::time::Instant::now();
-                    let socket =
-                        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-                            .unwrap();
-                    socket.set_reuse_address(true).unwrap();
-                    socket.bind(&from.into()).unwrap();
-                    socket.connect(&gw(GW_V4, 7070).into()).unwrap();
+                    // The last connection from this port may still be in LAST-ACK on the
+                    // client's own side for a moment (it closed second): its 4-tuple is
+                    // not free until the gateway's ACK lands, and connect() says
+                    // EADDRNOTAVAIL meanwhile. Only the service's TIME_WAIT is under test.
+                    let socket = loop {
+                        let socket = socket2::Socket::new(
+                            socket2::Domain::IPV4,
+                            socket2::Type::STREAM,
+                            None,
+                        )
+                        .unwrap();
+                        socket.set_reuse_address(true).unwrap();
+                        socket.bind(&from.into()).unwrap();
+                        match socket.connect(&gw(GW_V4, 7070).into()) {
+                            Ok(()) => break socket,
+                            Err(e)
+                                if e.kind() == std::io::ErrorKind::AddrNotAvailable
+                                    && started.elapsed() < Duration::from_millis(500) =>
+                            {
+                                std::thread::sleep(Duration::from_millis(1));
+                            }
+                            Err(e) => panic!("connecting from {from}: {e}"),
+                        }
+                    };
                     let mut s = dial_on(socket.into(), "hash.test");
                     s.write_all(b"x").unwrap();
                     let mut reply = Vec::new();
