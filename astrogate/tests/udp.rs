@@ -16,6 +16,15 @@ use sha2::{Digest, Sha256};
 
 const H3: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/h3");
 
+/// These tests check that nothing is dropped, and a gateway starved of the CPU for a tenth of
+/// a second by another test's flood would drop datagrams as any UDP receiver would. They take
+/// turns on this lock so each one has the machine's two cores to itself.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A UDP server on a thread in the lab's namespace: answers each datagram with its SHA-256
 /// followed by the datagram reversed, so a reply proves which datagram it answers, whole.
 fn transform_server(lab: &Lab, addr: &str) -> SocketAddr {
@@ -89,6 +98,7 @@ to = "127.0.0.1:9053"
 
 #[test]
 fn every_datagram_arrives_whole_both_ways_and_replies_come_from_the_address_used() {
+    let _turn = one_at_a_time();
     let mut lab = Lab::new("udp");
     transform_server(&lab, "127.0.0.1:9053");
     transform_server(&lab, "[::1]:9053");
@@ -197,6 +207,7 @@ fn every_datagram_arrives_whole_both_ways_and_replies_come_from_the_address_used
 
 #[test]
 fn dig_resolves_through_the_gateway() {
+    let _turn = one_at_a_time();
     let mut lab = Lab::new("udp-dns");
     lab.spawn(
         "dnsmasq",
@@ -288,6 +299,7 @@ fn h3_get(lab: &Lab, host: &str, sni: &str, path: &str, pad: usize) -> Option<St
 
 #[test]
 fn http3_is_routed_by_the_sni_in_its_initial_packets() {
+    let _turn = one_at_a_time();
     let mut lab = Lab::new("udp-quic");
     assert!(
         test_python().exists(),
@@ -360,6 +372,7 @@ to = "127.0.0.1:9053"
 
 #[test]
 fn a_flood_from_many_ports_is_held_to_the_cap_and_sessions_end_when_idle() {
+    let _turn = one_at_a_time();
     let mut lab = Lab::new("udp-flood");
     transform_server(&lab, "127.0.0.1:9053");
     lab.gateway(CAPPED);
@@ -461,7 +474,8 @@ to = "127.0.0.1:5201"
 "#;
 
 #[test]
-fn iperf3_over_udp_loses_nothing_at_a_moderate_rate() {
+fn iperf3_over_udp_through_the_gateway_drops_nothing_of_its_own() {
+    let _turn = one_at_a_time();
     let mut lab = Lab::new("udp-iperf");
     lab.spawn(
         "iperf3",
@@ -490,6 +504,7 @@ fn iperf3_over_udp_loses_nothing_at_a_moderate_rate() {
         if reverse {
             args.push("-R");
         }
+        let before = receive_buffer_errors(&lab);
         let out = lab.client("iperf3", &args);
         let text = stdout(&out);
         let at = text
@@ -514,13 +529,23 @@ fn iperf3_over_udp_loses_nothing_at_a_moderate_rate() {
         );
         eprintln!("reverse={reverse}: {packets} datagrams, {lost} lost, {bytes} bytes received");
         assert!(packets > 20_000, "{packets} datagrams in 2 s at 200 Mbit/s");
-        assert_eq!(lost, 0, "reverse={reverse}");
-        assert_eq!(bytes, packets * 1200);
+        // Under the other tests' load, iperf3's own sockets (default 208 KiB buffers) may
+        // overflow; the gateway's must not. Every datagram lost must be one some socket in
+        // the namespace dropped for a full buffer, and none of those sockets the gateway's.
+        let dropped = receive_buffer_errors(&lab) - before;
+        let gateway = gateway_socket_drops(&lab);
+        assert_eq!(gateway, 0, "the gateway's sockets dropped datagrams");
+        assert!(
+            lost <= dropped,
+            "reverse={reverse}: {lost} lost but only {dropped} dropped by full socket buffers"
+        );
+        assert_eq!(bytes, (packets - lost) * 1200);
     }
 }
 
 #[test]
 fn datagrams_a_client_sends_with_gso_keep_their_boundaries() {
+    let _turn = one_at_a_time();
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, SockaddrStorage};
     use std::{io::IoSlice, os::fd::AsRawFd};
     let mut lab = Lab::new("udp-gso");
@@ -565,4 +590,49 @@ fn datagrams_a_client_sends_with_gso_keep_their_boundaries() {
     let sent = 1 + 32 * 11;
     assert!(line.contains(&format!("up_datagrams={sent} ")), "{line}");
     assert!(line.contains(&format!("down_datagrams={sent} ")), "{line}");
+}
+
+/// RcvbufErrors in the lab's namespace so far.
+fn receive_buffer_errors(lab: &Lab) -> u64 {
+    let snmp = stdout(&lab.client("cat", &["/proc/net/snmp"]));
+    let udp: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Udp: ")).collect();
+    let at = udp[0]
+        .split_whitespace()
+        .position(|f| f == "RcvbufErrors")
+        .unwrap();
+    udp[1].split_whitespace().nth(at).unwrap().parse().unwrap()
+}
+
+/// Datagrams dropped by the gateway's own UDP sockets (their `drops` in /proc/net/udp*).
+fn gateway_socket_drops(lab: &Lab) -> u64 {
+    let pid = lab
+        .children
+        .iter()
+        .find(|c| c.name() == "astrogate")
+        .unwrap()
+        .pid();
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let table = stdout(&lab.client("cat", &["/proc/net/udp", "/proc/net/udp6"]));
+    // sl local rem st tx:rx tr:tm retr uid timeout inode ref pointer drops
+    let ours: Vec<u64> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() >= 13 && inodes.iter().any(|i| i == f[9]))
+        .map(|f| f[12].parse::<u64>().unwrap())
+        .collect();
+    // The listening socket and the session's upstream socket at least: else this checks
+    // nothing.
+    assert!(
+        ours.len() >= 2,
+        "found {} of the gateway's UDP sockets",
+        ours.len()
+    );
+    ours.iter().sum()
 }
