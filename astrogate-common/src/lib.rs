@@ -113,9 +113,12 @@ pub enum Counter {
     /// TCP or UDP packets into the tunnel that belong to no open flow (a late retransmission,
     /// or the host's own traffic from the TUN's address).
     TunnelStrays = 11,
+    /// UDP replies of an open flow caught leaving through another interface and sent into the
+    /// tunnel instead (a wildcard-bound service).
+    TunnelSteered = 12,
 }
 /// Number of `Counter` variants; size of the counter array map.
-pub const COUNTER_COUNT: u32 = 12;
+pub const COUNTER_COUNT: u32 = 13;
 
 /// Key of the `TUNNEL_FLOWS` map: one connection the tunnel client opened, as its packets
 /// look when they leave the service host through the TUN (from the service, to the client).
@@ -148,6 +151,18 @@ pub struct TunnelFlowStats {
 }
 const _: () = assert!(core::mem::size_of::<TunnelFlowStats>() == 16);
 
+/// One of the TUN's addresses and the TUN's interface index: where the tunnel client's
+/// steering program sends a service's reply that the main table routed elsewhere. Index 0
+/// of `TUNNEL_ADDRS` is IPv4 (the address in the first 4 bytes), index 1 IPv6.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TunnelAddr {
+    pub addr: [u8; 16],
+    /// 0: the TUN has no address of this family.
+    pub ifindex: u32,
+}
+const _: () = assert!(core::mem::size_of::<TunnelAddr>() == 20);
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: each type is repr(C) and Pod: no padding, every bit pattern valid.
@@ -156,4 +171,5 @@ mod user {
     unsafe impl aya::Pod for super::OverLimit {}
     unsafe impl aya::Pod for super::TunnelFlow {}
     unsafe impl aya::Pod for super::TunnelFlowStats {}
+    unsafe impl aya::Pod for super::TunnelAddr {}
 }

@@ -7,6 +7,7 @@ mod maps;
 mod seen;
 mod stream_verdict;
 mod tunnel_egress;
+mod tunnel_steer;
 
 #[cfg(not(test))]
 #[panic_handler]

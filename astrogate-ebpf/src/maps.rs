@@ -1,11 +1,11 @@
 //! Every map the programs use, declared in one place so names and sizes match the loader.
 //! (aya-log-ebpf declares its own ring, AYA_LOGS, for the rare events the programs log.)
 use astrogate_common::{
-    PeerEntry, SockCookie, SockStats, TunnelFlow, TunnelFlowStats, COUNTER_COUNT,
+    PeerEntry, SockCookie, SockStats, TunnelAddr, TunnelFlow, TunnelFlowStats, COUNTER_COUNT,
 };
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf, SockHash},
+    maps::{Array, HashMap, PerCpuArray, RingBuf, SockHash},
 };
 
 /// BPF_F_NO_PREALLOC: hash maps allocate entries on insert instead of reserving every entry at
@@ -53,3 +53,9 @@ pub const MAX_TUNNEL_FLOWS: u32 = 65_536;
 #[map(name = "TUNNEL_FLOWS")]
 pub static TUNNEL_FLOWS: HashMap<TunnelFlow, TunnelFlowStats> =
     HashMap::with_max_entries(MAX_TUNNEL_FLOWS, NO_PREALLOC);
+
+/// The TUN's IPv4 (index 0) and IPv6 (index 1) address and its interface index, written by
+/// the tunnel client at start: what the steering program rewrites a reply's source to, and
+/// where it sends it.
+#[map(name = "TUNNEL_ADDRS")]
+pub static TUNNEL_ADDRS: Array<TunnelAddr> = Array::with_max_entries(2, 0);

@@ -1,6 +1,8 @@
-use astrogate_common::{Counter, PeerEntry, SockCookie, SockStats, TunnelFlow, TunnelFlowStats};
+use astrogate_common::{
+    Counter, PeerEntry, SockCookie, SockStats, TunnelAddr, TunnelFlow, TunnelFlowStats,
+};
 use aya::{
-    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf, SockHash},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf, SockHash},
     programs::{ProgramError, SchedClassifier, SkSkb, TcAttachType},
     Ebpf, EbpfError,
 };
@@ -11,6 +13,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/as
 
 const VERDICT_PROGRAM: &str = "astrogate_verdict";
 const TUNNEL_PROGRAM: &str = "astrogate_tunnel_egress";
+const STEER_PROGRAM: &str = "astrogate_tunnel_steer";
 
 /// Size of the embedded eBPF object; 0 when the binary was built without one.
 pub fn embedded_object_len() -> usize {
@@ -120,6 +123,40 @@ impl Kernel {
     }
 }
 
+/// A classifier of the object, loaded.
+fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, LoadError> {
+    let program_error = |source| LoadError::Program { name, source };
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .ok_or(LoadError::Missing {
+            kind: "program",
+            name,
+        })?
+        .try_into()
+        .map_err(program_error)?;
+    program.load().map_err(program_error)?;
+    Ok(program)
+}
+
+/// This network namespace's Ethernet interfaces other than `except` (ARPHRD_ETHER in sysfs):
+/// where a reply routed by the main table can leave. Interfaces added later are not watched.
+fn ethernet_interfaces(except: &str) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/sys/class/net") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name != except)
+        .filter(|name| {
+            std::fs::read_to_string(format!("/sys/class/net/{name}/type"))
+                .is_ok_and(|t| t.trim() == "1")
+        })
+        .collect()
+}
+
 fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, LoadError>
 where
     M: TryFrom<aya::maps::Map, Error = MapError>,
@@ -140,30 +177,56 @@ pub struct TunnelKernel {
 }
 
 impl TunnelKernel {
-    /// Loads the embedded object and attaches the classifier to `interface`'s egress.
-    pub fn attach(interface: &str) -> Result<TunnelKernel, LoadError> {
+    /// Loads the embedded object, attaches the counting classifier to `interface`'s egress
+    /// (the TUN, whose addresses are `v4` and `v6`) and the steering one to every other
+    /// Ethernet interface's egress.
+    pub fn attach(
+        interface: &str,
+        v4: Option<std::net::Ipv4Addr>,
+        v6: Option<std::net::Ipv6Addr>,
+    ) -> Result<TunnelKernel, LoadError> {
         if OBJECT.is_empty() {
             return Err(LoadError::NotEmbedded);
         }
         let mut ebpf = Ebpf::load(OBJECT)?;
         let flows = take_map(&mut ebpf, "TUNNEL_FLOWS")?;
         let counters = take_map(&mut ebpf, "COUNTERS")?;
-        let program_error = |source| LoadError::Program {
-            name: TUNNEL_PROGRAM,
-            source,
-        };
-        let program: &mut SchedClassifier = ebpf
-            .program_mut(TUNNEL_PROGRAM)
-            .ok_or(LoadError::Missing {
-                kind: "program",
-                name: TUNNEL_PROGRAM,
-            })?
-            .try_into()
-            .map_err(program_error)?;
-        program.load().map_err(program_error)?;
-        program
+        let mut addrs: Array<MapData, TunnelAddr> = take_map(&mut ebpf, "TUNNEL_ADDRS")?;
+        let ifindex = nix::net::if_::if_nametoindex(interface).unwrap_or(0);
+        let entries = [
+            v4.map(|a| {
+                let mut addr = [0u8; 16];
+                addr[..4].copy_from_slice(&a.octets());
+                addr
+            }),
+            v6.map(|a| a.octets()),
+        ];
+        for (i, addr) in entries.into_iter().enumerate() {
+            if let Some(addr) = addr {
+                let entry = TunnelAddr { addr, ifindex };
+                addrs
+                    .set(i as u32, entry, 0)
+                    .map_err(|source| LoadError::Map {
+                        name: "TUNNEL_ADDRS",
+                        source,
+                    })?;
+            }
+        }
+        classifier(&mut ebpf, TUNNEL_PROGRAM)?
             .attach(interface, TcAttachType::Egress)
-            .map_err(program_error)?;
+            .map_err(|source| LoadError::Program {
+                name: TUNNEL_PROGRAM,
+                source,
+            })?;
+        let steer = classifier(&mut ebpf, STEER_PROGRAM)?;
+        for uplink in ethernet_interfaces(interface) {
+            if let Err(e) = steer.attach(&uplink, TcAttachType::Egress) {
+                tracing::warn!(
+                    interface = %uplink, error = %e,
+                    "cannot watch this interface for UDP replies that belong in the tunnel"
+                );
+            }
+        }
         Ok(TunnelKernel {
             _ebpf: ebpf,
             flows,

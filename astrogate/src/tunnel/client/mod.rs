@@ -37,7 +37,8 @@ const OPEN_QUEUE: usize = 1024;
 /// change back.
 pub async fn run(config: ClientConfig, stop: impl Future<Output = ()>) -> Result<(), ClientError> {
     let (tun, host) = host::Host::setup(&config).await?;
-    let tc = match crate::ebpf::TunnelKernel::attach(&config.interface) {
+    let (v4, v6) = (config.v4.map(|a| a.0), config.v6.map(|a| a.0));
+    let tc = match crate::ebpf::TunnelKernel::attach(&config.interface, v4, v6) {
         Ok(tc) => tc,
         Err(e) => {
             let _ = host.remove().await;
