@@ -179,7 +179,7 @@ to = "tunnel:alpha:5300"
 [[listener]]
 name = "udp-echo"
 transport = "udp"
-bind = ["{GW_V4}:5301"]
+bind = ["{GW_V4}:5301", "[{GW_V6}]:5301"]
 to = "tunnel:alpha:5301"
 
 [[route]]
@@ -532,49 +532,74 @@ fn dig_through_the_tunnel_reaches_dnsmasq_which_sees_the_client(transport: Trans
 fn a_wildcard_udp_service_that_picks_no_source_has_its_replies_steered_into_the_tunnel() {
     astrogate_lab::require_root().unwrap();
     let mut t = TunnelLab::new("tunnel-steer", Transport::Plain);
-    // Bound to 0.0.0.0, answering with plain send_to: the kernel picks the reply's source by
-    // the main table, whose default route leaves through the transport veth, not the TUN.
-    let socket = t
-        .svc()
-        .enter(|| std::net::UdpSocket::bind("0.0.0.0:5301"))
-        .unwrap()
+    // An IPv6 uplink too, with the default route: the main table sends IPv6 replies there.
+    Veth::connect(&t.lab.ns, &["fd00:203::1/64"], t.svc(), &["fd00:203::2/64"])
+        .expect("the IPv6 uplink");
+    t.svc()
+        .ip(&["-6", "route", "add", "default", "via", "fd00:203::1"])
         .unwrap();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        while let Ok((n, from)) = socket.recv_from(&mut buf) {
-            let mut reply = format!("{from} said ").into_bytes();
-            reply.extend_from_slice(&buf[..n]);
-            let _ = socket.send_to(&reply, from);
-        }
-    });
+    // Bound to 0.0.0.0 and [::], answering with plain send_to: the kernel picks each reply's
+    // source by the main table, whose default routes leave through the uplinks, not the TUN.
+    for wildcard in ["0.0.0.0:5301", "[::]:5301"] {
+        let addr: SocketAddr = wildcard.parse().unwrap();
+        let socket = t
+            .svc()
+            .enter(move || {
+                let s = socket2::Socket::new(
+                    socket2::Domain::for_address(addr),
+                    socket2::Type::DGRAM,
+                    None,
+                )?;
+                if addr.is_ipv6() {
+                    s.set_only_v6(true)?;
+                }
+                s.bind(&addr.into())?;
+                std::io::Result::Ok(std::net::UdpSocket::from(s))
+            })
+            .unwrap()
+            .unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                let mut reply = format!("{from} said ").into_bytes();
+                reply.extend_from_slice(&buf[..n]);
+                let _ = socket.send_to(&reply, from);
+            }
+        });
+    }
     t.start_gateway("auto");
     t.start_client();
-    let client = t
-        .inet()
-        .enter(|| std::net::UdpSocket::bind("10.201.0.2:0"))
-        .unwrap()
-        .unwrap();
-    client.connect(gw(GW_V4, 5301)).unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .unwrap();
-    let me = client.local_addr().unwrap();
-    let mut buf = [0u8; 2048];
-    for i in 0..20 {
-        let msg = format!("datagram {i}");
-        client.send(msg.as_bytes()).unwrap();
-        let n = client.recv(&mut buf).unwrap_or_else(|e| {
-            panic!(
-                "no reply to {msg}: {e}\ngateway:\n{}\nclient:\n{}",
-                t.lab.gateway_log(),
-                t.client_log()
-            )
-        });
-        // The service saw the internet client itself, and the reply came back whole.
-        assert_eq!(
-            String::from_utf8_lossy(&buf[..n]),
-            format!("{me} said {msg}")
-        );
+    for (bind, gateway) in [
+        ("10.201.0.2:0", gw(GW_V4, 5301)),
+        ("[fd00:201::2]:0", gw(GW_V6, 5301)),
+    ] {
+        let client = t
+            .inet()
+            .enter(move || std::net::UdpSocket::bind(bind))
+            .unwrap()
+            .unwrap();
+        client.connect(gateway).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let me = client.local_addr().unwrap();
+        let mut buf = [0u8; 2048];
+        for i in 0..20 {
+            let msg = format!("datagram {i}");
+            client.send(msg.as_bytes()).unwrap();
+            let n = client.recv(&mut buf).unwrap_or_else(|e| {
+                panic!(
+                    "no reply to {msg} via {gateway}: {e}\ngateway:\n{}\nclient:\n{}",
+                    t.lab.gateway_log(),
+                    t.client_log()
+                )
+            });
+            // The service saw the internet client itself, and the reply came back whole.
+            assert_eq!(
+                String::from_utf8_lossy(&buf[..n]),
+                format!("{me} said {msg}")
+            );
+        }
     }
 }
 
