@@ -528,16 +528,24 @@ fn dig_through_the_tunnel_reaches_dnsmasq_which_sees_the_client(transport: Trans
     assert!(line.contains("target=tunnel:alpha:5300"), "{line}");
 }
 
-#[test]
-fn a_wildcard_udp_service_that_picks_no_source_has_its_replies_steered_into_the_tunnel() {
+on_both_transports!(
+    a_wildcard_udp_service_that_picks_no_source_has_its_replies_steered_into_the_tunnel
+);
+/// Over plain IP the service host has default routes (an IPv6 uplink is added), so the main
+/// table sends the replies out of the host and the steering classifier brings them back. Over
+/// Yggdrasil it has no route to the clients at all, and the UDP fallback rule takes them.
+fn a_wildcard_udp_service_that_picks_no_source_has_its_replies_steered_into_the_tunnel(
+    transport: Transport,
+) {
     astrogate_lab::require_root().unwrap();
-    let mut t = TunnelLab::new("tunnel-steer", Transport::Plain);
-    // An IPv6 uplink too, with the default route: the main table sends IPv6 replies there.
-    Veth::connect(&t.lab.ns, &["fd00:203::1/64"], t.svc(), &["fd00:203::2/64"])
-        .expect("the IPv6 uplink");
-    t.svc()
-        .ip(&["-6", "route", "add", "default", "via", "fd00:203::1"])
-        .unwrap();
+    let mut t = TunnelLab::new("tunnel-steer", transport);
+    if transport == Transport::Plain {
+        Veth::connect(&t.lab.ns, &["fd00:203::1/64"], t.svc(), &["fd00:203::2/64"])
+            .expect("the IPv6 uplink");
+        t.svc()
+            .ip(&["-6", "route", "add", "default", "via", "fd00:203::1"])
+            .unwrap();
+    }
     // Bound to 0.0.0.0 and [::], answering with plain send_to: the kernel picks each reply's
     // source by the main table, whose default routes leave through the uplinks, not the TUN.
     for wildcard in ["0.0.0.0:5301", "[::]:5301"] {

@@ -15,11 +15,24 @@ use std::net::IpAddr;
 
 use futures_util::TryStreamExt;
 use rtnetlink::{
-    packet_route::rule::{RuleAction, RuleAttribute, RuleMessage},
+    packet_route::{
+        rule::{RuleAction, RuleAttribute, RuleMessage},
+        IpProtocol,
+    },
     Handle, IpVersion, RouteMessageBuilder,
 };
 
 use super::config::ClientConfig;
+
+/// The UDP fallback rule's priority: after `main` (32766) and `default` (32767), so it is
+/// consulted only for UDP that the main table has no route for. A service bound to the
+/// wildcard answers an internet client with no source of its own; on a host with no route to
+/// that client (one that only has Yggdrasil, say) the reply would fail in sendto before any
+/// TC program could steer it. With this one rule per family, installed at start, it takes the
+/// tunnel's table instead, gets the TUN's address as source, and reaches the flow. UDP to an
+/// unroutable place that is no flow's enters the TUN and is dropped there (counted as a
+/// stray) rather than failing at once.
+const UDP_FALLBACK_PRIORITY: u32 = 32_800;
 use super::stack::TUN_MTU;
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +133,21 @@ impl Host {
                 .execute()
                 .await
                 .map_err(netlink("adding the IPv4 source rule"))?;
+            let mut fallback = h
+                .rule()
+                .add()
+                .v4()
+                .table_id(table)
+                .priority(UDP_FALLBACK_PRIORITY)
+                .action(RuleAction::ToTable);
+            fallback
+                .message_mut()
+                .attributes
+                .push(RuleAttribute::IpProtocol(IpProtocol::Udp));
+            fallback
+                .execute()
+                .await
+                .map_err(netlink("adding the IPv4 UDP fallback rule"))?;
         }
         if let Some((ip, len)) = config.v6 {
             h.address()
@@ -146,6 +174,21 @@ impl Host {
                 .execute()
                 .await
                 .map_err(netlink("adding the IPv6 source rule"))?;
+            let mut fallback = h
+                .rule()
+                .add()
+                .v6()
+                .table_id(table)
+                .priority(UDP_FALLBACK_PRIORITY)
+                .action(RuleAction::ToTable);
+            fallback
+                .message_mut()
+                .attributes
+                .push(RuleAttribute::IpProtocol(IpProtocol::Udp));
+            fallback
+                .execute()
+                .await
+                .map_err(netlink("adding the IPv6 UDP fallback rule"))?;
         }
         Ok(())
     }
@@ -200,7 +243,8 @@ impl Host {
 
     fn is_ours(&self, rule: &RuleMessage) -> bool {
         let has = |want: &RuleAttribute| rule.attributes.iter().any(|a| a == want);
-        has(&RuleAttribute::Priority(self.table))
+        (has(&RuleAttribute::Priority(self.table))
+            || has(&RuleAttribute::Priority(UDP_FALLBACK_PRIORITY)))
             && (has(&RuleAttribute::Table(self.table))
                 || u32::from(rule.header.table) == self.table)
     }
