@@ -77,6 +77,30 @@ impl Flow {
         }
     }
 
+    /// Sends several datagrams up in one call (sendmmsg): what one client sent in a burst,
+    /// received in one batch. Returns how many went; the rest were dropped for a full buffer.
+    pub fn send_up_many(&self, datagrams: &[&[u8]]) -> u64 {
+        use nix::sys::socket::{sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+        use std::{io::IoSlice, os::fd::AsRawFd};
+        self.last_up_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let iovs: Vec<[IoSlice<'_>; 1]> = datagrams.iter().map(|d| [IoSlice::new(d)]).collect();
+        let addrs: Vec<Option<SockaddrStorage>> = vec![None; datagrams.len()];
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(datagrams.len(), None);
+        let fd = self.upstream.as_raw_fd();
+        let sent = match sendmmsg(fd, &mut headers, &iovs, &addrs, [], MsgFlags::MSG_DONTWAIT) {
+            Ok(results) => results.count(),
+            // The first could not go (a full buffer, or an ICMP error to report): one by one.
+            Err(_) => {
+                return datagrams.iter().filter(|d| self.send_up(d).is_ok()).count() as u64;
+            }
+        };
+        let bytes: usize = datagrams[..sent].iter().map(|d| d.len()).sum();
+        self.up_datagrams.fetch_add(sent as u64, Ordering::Relaxed);
+        self.up_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        sent as u64
+    }
+
     /// When the client last sent a datagram.
     pub fn last_up(&self) -> Instant {
         self.started + std::time::Duration::from_millis(self.last_up_ms.load(Ordering::Relaxed))

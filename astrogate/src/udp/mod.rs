@@ -171,9 +171,31 @@ async fn receive_loop(
                     tracing::debug!(error = %e, "UDP receive failed");
                     continue;
                 }
-                for (i, r) in batch.iter().enumerate() {
-                    let data = &bufs[i][..r.len];
+                let mut i = 0;
+                while i < batch.len() {
+                    let r = batch[i];
                     let key = (r.from, r.to);
+                    // A forwarding session's run of datagrams in this batch goes up in one call.
+                    if let (0, Some(Entry::Forwarding(flow))) = (r.segment, sessions.get(&key)) {
+                        let run = batch[i..]
+                            .iter()
+                            .take_while(|b| b.segment == 0 && (b.from, b.to) == key)
+                            .count();
+                        if run > 1 {
+                            let datagrams: Vec<&[u8]> = (i..i + run)
+                                .map(|k| &bufs[k][..batch[k].len])
+                                .collect();
+                            let sent = flow.send_up_many(&datagrams);
+                            up.inc_by(sent);
+                            for _ in sent..run as u64 {
+                                ctx.metrics.udp_dropped("upstream_busy");
+                            }
+                            i += run;
+                            continue;
+                        }
+                    }
+                    i += 1;
+                    let data = &bufs[i - 1][..r.len];
                     let segment = usize::from(r.segment);
                     if segment > 0 && data.len() > segment {
                         // Coalesced by GRO: a forwarding session sends it on as it came;
