@@ -116,9 +116,15 @@ pub enum Counter {
     /// UDP replies of an open flow caught leaving through another interface and sent into the
     /// tunnel instead (a wildcard-bound service).
     TunnelSteered = 12,
+    /// Datagrams of established UDP sessions the gateway's ingress program rewrote and sent on
+    /// itself (a GSO packet counts each datagram it carries).
+    UdpForwarded = 13,
+    /// Datagrams of such sessions left to user space because they did not fit the outgoing
+    /// link's MTU (user space sends them, fragmented).
+    UdpTooBig = 14,
 }
 /// Number of `Counter` variants; size of the counter array map.
-pub const COUNTER_COUNT: u32 = 13;
+pub const COUNTER_COUNT: u32 = 15;
 
 /// Key of the `TUNNEL_FLOWS` map: one connection the tunnel client opened, as its packets
 /// look when they leave the service host through the TUN (from the service, to the client).
@@ -163,6 +169,47 @@ pub struct TunnelAddr {
 }
 const _: () = assert!(core::mem::size_of::<TunnelAddr>() == 20);
 
+/// Key of the `UDP_FLOWS` map: a datagram of an established UDP session as it reaches the
+/// gateway, from the client to the listener or from the upstream to the session's socket.
+/// IPv4 addresses are stored in the first 4 bytes, the rest zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct UdpFlowKey {
+    /// Source and destination, network byte order.
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    /// Ports as they appear in the packet.
+    pub src_port: [u8; 2],
+    pub dst_port: [u8; 2],
+    /// 4 or 6.
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<UdpFlowKey>() == 40);
+
+/// Value of `UDP_FLOWS`: what the datagram's addresses and ports become, where it leaves, and
+/// what the program has forwarded this way. User space writes the first part; the program
+/// only adds to the counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct UdpFlowAction {
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    pub src_port: [u8; 2],
+    pub dst_port: [u8; 2],
+    /// The interface the rewritten datagram leaves by, and its MTU: an IP packet longer than
+    /// this is left to user space, which fragments it.
+    pub ifindex: u32,
+    pub mtu: u32,
+    pub _pad: [u8; 4],
+    /// Datagrams and UDP payload bytes forwarded, and when the last one was
+    /// (CLOCK_MONOTONIC, ns).
+    pub datagrams: u64,
+    pub bytes: u64,
+    pub last_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<UdpFlowAction>() == 72);
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: each type is repr(C) and Pod: no padding, every bit pattern valid.
@@ -172,4 +219,6 @@ mod user {
     unsafe impl aya::Pod for super::TunnelFlow {}
     unsafe impl aya::Pod for super::TunnelFlowStats {}
     unsafe impl aya::Pod for super::TunnelAddr {}
+    unsafe impl aya::Pod for super::UdpFlowKey {}
+    unsafe impl aya::Pod for super::UdpFlowAction {}
 }

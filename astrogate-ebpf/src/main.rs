@@ -8,6 +8,7 @@ mod seen;
 mod stream_verdict;
 mod tunnel_egress;
 mod tunnel_steer;
+mod udp_forward;
 
 #[cfg(not(test))]
 #[panic_handler]

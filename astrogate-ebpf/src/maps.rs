@@ -1,11 +1,12 @@
 //! Every map the programs use, declared in one place so names and sizes match the loader.
 //! (aya-log-ebpf declares its own ring, AYA_LOGS, for the rare events the programs log.)
 use astrogate_common::{
-    PeerEntry, SockCookie, SockStats, TunnelAddr, TunnelFlow, TunnelFlowStats, COUNTER_COUNT,
+    PeerEntry, SockCookie, SockStats, TunnelAddr, TunnelFlow, TunnelFlowStats, UdpFlowAction,
+    UdpFlowKey, COUNTER_COUNT,
 };
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf, SockHash},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf, SockHash},
 };
 
 /// BPF_F_NO_PREALLOC: hash maps allocate entries on insert instead of reserving every entry at
@@ -59,3 +60,15 @@ pub static TUNNEL_FLOWS: HashMap<TunnelFlow, TunnelFlowStats> =
 /// where it sends it.
 #[map(name = "TUNNEL_ADDRS")]
 pub static TUNNEL_ADDRS: Array<TunnelAddr> = Array::with_max_entries(2, 0);
+
+/// Upper bound on UDP session directions the gateway forwards in the kernel (two per
+/// session). User space checks it before inserting and leaves a session in user space beyond.
+pub const MAX_UDP_FLOWS: u32 = 131_072;
+
+/// Established UDP sessions, each direction keyed as its datagrams reach the gateway: how the
+/// ingress program rewrites them and where it sends them. User space inserts both directions
+/// once the session's upstream socket is connected and removes them when the session ends.
+/// Per CPU, so that each CPU counts in its own copy of the value, exactly and without atomics.
+#[map(name = "UDP_FLOWS")]
+pub static UDP_FLOWS: PerCpuHashMap<UdpFlowKey, UdpFlowAction> =
+    PerCpuHashMap::with_max_entries(MAX_UDP_FLOWS, NO_PREALLOC);

@@ -92,6 +92,9 @@ pub struct AccessRecord {
     pub detail: Option<String>,
     /// A UDP session's datagrams forwarded (up, down); `None` for a TCP connection.
     pub datagrams: Option<(u64, u64)>,
+    /// Of those, the ones the kernel forwarded (up, down); `None` when the session stayed in
+    /// user space.
+    pub kernel_datagrams: Option<(u64, u64)>,
 }
 
 impl AccessRecord {
@@ -113,6 +116,7 @@ impl AccessRecord {
             outcome: Outcome::Error,
             detail: None,
             datagrams: None,
+            kernel_datagrams: None,
         }
     }
 
@@ -139,6 +143,9 @@ impl AccessRecord {
                 upstream = %self.upstream.map_or_else(|| none.to_string(), |a| a.to_string()),
                 up_datagrams = up,
                 down_datagrams = down,
+                kernel_datagrams = %self
+                    .kernel_datagrams
+                    .map_or_else(|| none.to_string(), |(u, d)| format!("{u}/{d}")),
                 up_bytes = self.up_bytes,
                 down_bytes = self.down_bytes,
                 duration_ms = self.started.elapsed().as_millis() as u64,

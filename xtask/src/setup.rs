@@ -33,6 +33,8 @@ const APT_PACKAGES: &[&str] = &[
     // UDP tests: a DNS server and client.
     "dnsmasq-base",
     "bind9-dnsutils",
+    // The UDP kernel path test turns checksum offload off on its links.
+    "ethtool",
 ];
 
 /// PyPI packages the tests use, pinned, in a virtual environment of their own.

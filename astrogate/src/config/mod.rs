@@ -530,8 +530,7 @@ fn validate_listener(
     }
     if transport == Transport::Udp {
         // What TCP listeners have and datagrams do not.
-        let tcp_only: [(&str, Option<std::ops::Range<usize>>); 4] = [
-            ("data_path", l.data_path.as_ref().map(Spanned::span)),
+        let tcp_only: [(&str, Option<std::ops::Range<usize>>); 3] = [
             (
                 "proxy_protocol_from",
                 l.proxy_protocol_from.as_ref().map(Spanned::span),
@@ -567,6 +566,15 @@ fn validate_listener(
         Some(v) => parse_data_path(v, &key("data_path"), at)?,
         None => gateway_path,
     };
+    // A UDP session is forwarded in the kernel (auto, kernel) or in user space; splice(2)
+    // moves streams, not datagrams.
+    if let (Transport::Udp, Some(v), DataPath::Splice) = (transport, &l.data_path, data_path) {
+        return Err(at.error(
+            v.span(),
+            &key("data_path"),
+            "a UDP listener's data_path is \"auto\", \"kernel\" or \"userspace\"",
+        ));
+    }
     let acl = parse_acl(&l.allow, &l.deny, at, key)?;
     let max_connections_per_source = l
         .max_connections_per_source

@@ -408,8 +408,13 @@ protocols = ["tls"]
         &udp("to = \"10.0.0.1:53\"\ndata_path = \"splice\""),
         6,
         "listener[0].data_path",
-        "TCP listeners only",
+        "\"auto\", \"kernel\" or \"userspace\"",
     );
+    for path in ["auto", "kernel", "userspace"] {
+        let text = udp(&format!("to = \"10.0.0.1:53\"\ndata_path = \"{path}\""));
+        let c = parse(&text).unwrap();
+        assert_eq!(c.listeners[0].data_path.to_string(), path);
+    }
     assert_error(
         "[[listener]]\nname = \"t\"\nbind = [\"0.0.0.0:443\"]\nprotocols = [\"quic\"]\n",
         4,

@@ -1,8 +1,12 @@
 use astrogate_common::{
     Counter, PeerEntry, SockCookie, SockStats, TunnelAddr, TunnelFlow, TunnelFlowStats,
+    UdpFlowAction, UdpFlowKey,
 };
 use aya::{
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf, SockHash},
+    maps::{
+        Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf,
+        SockHash,
+    },
     programs::{ProgramError, SchedClassifier, SkSkb, TcAttachType},
     Ebpf, EbpfError,
 };
@@ -14,6 +18,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/as
 const VERDICT_PROGRAM: &str = "astrogate_verdict";
 const TUNNEL_PROGRAM: &str = "astrogate_tunnel_egress";
 const STEER_PROGRAM: &str = "astrogate_tunnel_steer";
+const UDP_PROGRAM: &str = "astrogate_udp_forward";
 
 /// Size of the embedded eBPF object; 0 when the binary was built without one.
 pub fn embedded_object_len() -> usize {
@@ -232,6 +237,89 @@ impl TunnelKernel {
             flows,
             counters,
         })
+    }
+
+    /// Sum of a counter over all CPUs.
+    pub fn counter(&self, counter: Counter) -> Result<u64, MapError> {
+        Ok(self.counters.get(&(counter as u32), 0)?.iter().sum())
+    }
+}
+
+/// The gateway's UDP program: the classifier on the ingress of its Ethernet interfaces that
+/// forwards established sessions' datagrams, and its flow map. Dropping it detaches the
+/// program.
+pub struct UdpKernel {
+    _ebpf: Ebpf,
+    flows: PerCpuHashMap<MapData, UdpFlowKey, UdpFlowAction>,
+    counters: PerCpuArray<MapData, u64>,
+    /// The interfaces the program watches, by index.
+    pub interfaces: Vec<u32>,
+}
+
+/// What the program forwarded for one direction of a session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UdpFlowCounts {
+    pub datagrams: u64,
+    pub bytes: u64,
+    /// CLOCK_MONOTONIC ns of the last one; 0 if none.
+    pub last_ns: u64,
+}
+
+impl UdpKernel {
+    /// Loads the embedded object and attaches the classifier to the ingress of every Ethernet
+    /// interface there is now.
+    pub fn attach() -> Result<UdpKernel, LoadError> {
+        if OBJECT.is_empty() {
+            return Err(LoadError::NotEmbedded);
+        }
+        let mut ebpf = Ebpf::load(OBJECT)?;
+        let flows = take_map(&mut ebpf, "UDP_FLOWS")?;
+        let counters = take_map(&mut ebpf, "COUNTERS")?;
+        let program = classifier(&mut ebpf, UDP_PROGRAM)?;
+        let mut interfaces = Vec::new();
+        for name in ethernet_interfaces("") {
+            match program.attach(&name, TcAttachType::Ingress) {
+                Ok(_) => interfaces.extend(nix::net::if_::if_nametoindex(name.as_str()).ok()),
+                Err(e) => tracing::warn!(
+                    interface = %name, error = %e,
+                    "cannot forward UDP sessions arriving on this interface in the kernel"
+                ),
+            }
+        }
+        Ok(UdpKernel {
+            _ebpf: ebpf,
+            flows,
+            counters,
+            interfaces,
+        })
+    }
+
+    /// Starts forwarding datagrams that match `key` as `action` says, on every CPU.
+    pub fn insert(&mut self, key: UdpFlowKey, action: UdpFlowAction) -> std::io::Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let values = PerCpuValues::try_from(vec![action; cpus])?;
+        self.flows
+            .insert(key, values, 0)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    }
+
+    /// What was forwarded for `key` so far, summed over CPUs.
+    pub fn counts(&self, key: &UdpFlowKey) -> UdpFlowCounts {
+        let Ok(values) = self.flows.get(key, 0) else {
+            return UdpFlowCounts::default();
+        };
+        values
+            .iter()
+            .fold(UdpFlowCounts::default(), |c, v| UdpFlowCounts {
+                datagrams: c.datagrams + v.datagrams,
+                bytes: c.bytes + v.bytes,
+                last_ns: c.last_ns.max(v.last_ns),
+            })
+    }
+
+    /// Stops forwarding `key` in the kernel.
+    pub fn remove(&mut self, key: &UdpFlowKey) {
+        let _ = self.flows.remove(key);
     }
 
     /// Sum of a counter over all CPUs.

@@ -3,4 +3,6 @@
 mod loader;
 pub mod logs;
 
-pub use loader::{embedded_object_len, Kernel, LoadError, SpliceMaps, TunnelKernel};
+pub use loader::{
+    embedded_object_len, Kernel, LoadError, SpliceMaps, TunnelKernel, UdpFlowCounts, UdpKernel,
+};

@@ -20,7 +20,7 @@ use crate::{
     metrics::{self, Metrics, MetricsServer},
     pipeline::{admit::Limiter, Snapshot},
     tunnel::hub::Hub,
-    udp::{self, UdpBound, UdpContext, UdpSessions},
+    udp::{self, fast::UdpFastPath, UdpBound, UdpContext, UdpSessions},
 };
 use listeners::{Bound, Context, TunnelBound};
 
@@ -28,6 +28,10 @@ use listeners::{Bound, Context, TunnelBound};
 pub enum ServeError {
     #[error("data_path = \"kernel\", but the kernel path cannot start: {0}")]
     Kernel(StartError),
+    #[error(
+        "a UDP listener has data_path = \"kernel\", but the UDP kernel path cannot start: {0}"
+    )]
+    UdpKernel(crate::udp::fast::StartError),
     #[error("tunnels: cannot bind {addr}: {source}")]
     BindTunnels {
         addr: SocketAddr,
@@ -93,7 +97,11 @@ impl Runtime {
             sessions: UdpSessions::new(),
             metrics: ctx.metrics.clone(),
             tunnels: ctx.tunnels.clone(),
+            fast: Arc::new(ArcSwapOption::empty()),
         };
+        if let Some(fast) = start_udp_kernel(&config, None)? {
+            udp.fast.store(Some(fast));
+        }
         let udp_bound = bind_udp_new(&config, &HashMap::new(), &udp)?;
         let tunnel_bound = bind_tunnels_new(&config, &HashMap::new(), &ctx.tunnels)?;
         let metrics_server = bind_metrics(config.metrics, &ctx.metrics)?;
@@ -163,6 +171,7 @@ impl Runtime {
         let mut bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());
         let mut current = self.config.lock().unwrap_or_else(|e| e.into_inner());
         let kernel = start_kernel(&config, self.ctx.kernel.load_full())?;
+        let udp_kernel = start_udp_kernel(&config, self.udp.fast.load_full())?;
         let mut fresh = bind_new(&config, &bound, &self.ctx)?;
         let mut udp_bound = self.udp_bound.lock().unwrap_or_else(|e| e.into_inner());
         let mut fresh_udp = bind_udp_new(&config, &udp_bound, &self.udp)?;
@@ -182,6 +191,9 @@ impl Runtime {
         // From here nothing can fail.
         if let Some(kernel) = kernel {
             self.ctx.kernel.store(Some(kernel));
+        }
+        if let Some(fast) = udp_kernel {
+            self.udp.fast.store(Some(fast));
         }
         self.ctx.snapshot.store(Arc::new(snapshot_of(&config)));
         let wanted = addresses(&config);
@@ -389,6 +401,32 @@ fn start_kernel(
         Err(e) if paths().any(|p| p == DataPath::Kernel) => Err(ServeError::Kernel(e)),
         Err(e) => {
             tracing::warn!(error = %e, "kernel path unavailable; connections that would take it use splice(2) instead");
+            Ok(None)
+        }
+    }
+}
+
+/// Starts the UDP kernel path when a UDP listener may use it and it is not running yet, as
+/// `start_kernel` does for TCP: required by `data_path = "kernel"`, one warning for `auto`.
+fn start_udp_kernel(
+    config: &Config,
+    running: Option<Arc<UdpFastPath>>,
+) -> Result<Option<Arc<UdpFastPath>>, ServeError> {
+    let paths = || {
+        config
+            .listeners
+            .iter()
+            .filter(|l| l.transport == Transport::Udp)
+            .map(|l| l.data_path)
+    };
+    if running.is_some() || !paths().any(DataPath::wants_kernel) {
+        return Ok(None);
+    }
+    match UdpFastPath::start() {
+        Ok(fast) => Ok(Some(fast)),
+        Err(e) if paths().any(|p| p == DataPath::Kernel) => Err(ServeError::UdpKernel(e)),
+        Err(e) => {
+            tracing::warn!(error = %e, "UDP kernel path unavailable; UDP sessions are forwarded in user space");
             Ok(None)
         }
     }

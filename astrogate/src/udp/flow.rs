@@ -6,6 +6,8 @@ use tokio::{net::UdpSocket, time::Instant};
 
 pub struct Flow {
     pub upstream: UdpSocket,
+    /// The session's directions, once the receive loop has handed them to the kernel.
+    pub kernel: std::sync::OnceLock<super::fast::SessionFlows>,
     started: Instant,
     /// When the client last sent, in milliseconds since `started`.
     last_up_ms: AtomicU64,
@@ -17,6 +19,7 @@ impl Flow {
     pub fn new(upstream: UdpSocket) -> Flow {
         Flow {
             upstream,
+            kernel: std::sync::OnceLock::new(),
             started: Instant::now(),
             last_up_ms: AtomicU64::new(0),
             up_datagrams: AtomicU64::new(0),

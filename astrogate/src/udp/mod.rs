@@ -6,6 +6,7 @@
 //! One loop per bound socket receives every datagram and hands it to its session's task; it
 //! never waits on anything else, so one slow session (a name to resolve, a full upstream)
 //! holds up only itself.
+pub mod fast;
 mod flow;
 mod session;
 mod socket;
@@ -21,7 +22,7 @@ use std::{
     },
 };
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::{
     sync::mpsc::{self, error::TrySendError},
     task::JoinHandle,
@@ -94,6 +95,8 @@ pub struct UdpContext {
     pub metrics: Arc<Metrics>,
     /// For `tunnel:NAME` targets.
     pub tunnels: Arc<Hub>,
+    /// The kernel path for established sessions, when loaded.
+    pub fast: Arc<ArcSwapOption<fast::UdpFastPath>>,
 }
 
 /// One bound UDP address and the loop receiving on it.
@@ -148,8 +151,14 @@ enum Entry {
 
 /// What a session's task tells its receive loop.
 enum Control {
-    /// The upstream is connected: send these held datagrams, then forward directly.
-    Ready(Key, Arc<Flow>, Vec<Vec<u8>>),
+    /// The upstream is connected: send these held datagrams, then forward directly, in the
+    /// kernel when the session's directions are given.
+    Ready(
+        Key,
+        Arc<Flow>,
+        Vec<Vec<u8>>,
+        Option<Box<(Arc<fast::UdpFastPath>, fast::SessionFlows)>>,
+    ),
     /// The session is over.
     Ended(Key),
 }
@@ -218,7 +227,7 @@ async fn receive_loop(
                 }
             }
             Some(message) = control.recv() => match message {
-                Control::Ready(key, flow, held) => {
+                Control::Ready(key, flow, held, kernel) => {
                     let waiting = match sessions.remove(&key) {
                         Some(Entry::Starting { waiting, .. }) => waiting,
                         _ => Vec::new(),
@@ -229,6 +238,14 @@ async fn receive_loop(
                                 up.inc();
                             }
                             Err(why) => ctx.metrics.udp_dropped(why),
+                        }
+                    }
+                    // Only now, so that what was held goes up before anything the kernel
+                    // forwards. A datagram already queued on the listening socket may still
+                    // follow one the kernel sent; UDP promises no order.
+                    if let Some((fast, flows)) = kernel.map(|k| *k) {
+                        if fast.install(&flows) {
+                            let _ = flow.kernel.set(flows);
                         }
                     }
                     sessions.insert(key, Entry::Forwarding(flow));
@@ -320,9 +337,15 @@ fn start(
             waiting: Vec::new(),
         },
     );
+    let listener = listener.load_full();
+    let fast = ctx
+        .fast
+        .load_full()
+        .filter(|_| listener.data_path.wants_kernel());
     let session = session::Session {
         key,
-        listener: listener.load_full(),
+        fast,
+        listener,
         snapshot,
         socket: socket.clone(),
         metrics: ctx.metrics.clone(),

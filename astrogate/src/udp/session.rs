@@ -4,7 +4,12 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{net::UdpSocket, sync::mpsc, time::Instant};
 
-use super::{flow::Flow, socket::ListenSocket, Control, Key, SessionSlot, MAX_DATAGRAM};
+use super::{
+    fast::{SessionFlows, UdpFastPath},
+    flow::Flow,
+    socket::ListenSocket,
+    Control, Key, SessionSlot, MAX_DATAGRAM,
+};
 use crate::{
     access_log::{AccessRecord, Outcome},
     config::{ListenerConfig, Target, TargetHost},
@@ -20,6 +25,8 @@ const UPSTREAM_BUFFER: usize = 1 << 20;
 pub struct Session {
     /// The client and the local address it sent to.
     pub key: Key,
+    /// The kernel path, when it is loaded and the listener's `data_path` allows it.
+    pub fast: Option<Arc<UdpFastPath>>,
     pub listener: Arc<ListenerConfig>,
     pub snapshot: Arc<Snapshot>,
     pub socket: Arc<ListenSocket>,
@@ -34,6 +41,8 @@ pub struct Session {
 pub(super) struct Counts {
     pub up: (u64, u64),
     pub down: (u64, u64),
+    /// Of those, the datagrams the kernel forwarded (up, down).
+    pub kernel: Option<(u64, u64)>,
 }
 
 impl Session {
@@ -44,6 +53,7 @@ impl Session {
         let mut counts = Counts::default();
         rec.outcome = self.serve(&mut rx, &mut rec, &mut counts).await;
         rec.datagrams = Some((counts.up.0, counts.down.0));
+        rec.kernel_datagrams = counts.kernel;
         rec.up_bytes = counts.up.1;
         rec.down_bytes = counts.down.1;
         let _ = self.control.send(Control::Ended(self.key));
@@ -143,6 +153,7 @@ impl Session {
             };
         self.metrics.connected(connecting.elapsed());
         rec.upstream = upstream.peer_addr().ok();
+        let kernel = self.kernel_flows(&upstream).await;
         // Forward: hand the upstream to the receive loop with what was held, in order and
         // unchanged; from then on the loop sends the client's datagrams straight up. Closing
         // the queue first means nothing can be left in it behind the handover.
@@ -151,12 +162,41 @@ impl Session {
             held.push(d);
         }
         let flow = Arc::new(Flow::new(upstream));
-        let _ = self
-            .control
-            .send(Control::Ready(self.key, flow.clone(), held));
+        let _ = self.control.send(Control::Ready(
+            self.key,
+            flow.clone(),
+            held,
+            kernel.map(Box::new),
+        ));
         let outcome = self.forward(&flow, idle, counts, rec).await;
         counts.up = flow.up();
+        if let (Some(fast), Some(flows)) = (&self.fast, flow.kernel.get()) {
+            let (up, down) = fast.remove(flows);
+            counts.up.0 += up.datagrams;
+            counts.up.1 += up.bytes;
+            counts.down.0 += down.datagrams;
+            counts.down.1 += down.bytes;
+            counts.kernel = Some((up.datagrams, down.datagrams));
+            self.metrics.udp_datagrams("up").inc_by(up.datagrams);
+            self.metrics.udp_datagrams("down").inc_by(down.datagrams);
+        }
         outcome
+    }
+
+    /// Both directions of the session for the kernel path, when it may take it.
+    async fn kernel_flows(&self, upstream: &UdpSocket) -> Option<(Arc<UdpFastPath>, SessionFlows)> {
+        let fast = self.fast.as_ref()?;
+        let (socket, peer) = (upstream.local_addr().ok()?, upstream.peer_addr().ok()?);
+        match fast
+            .prepare(self.client(), self.local(), socket, peer)
+            .await
+        {
+            Ok(flows) => Some((fast.clone(), flows)),
+            Err(why) => {
+                tracing::debug!(client = %self.client(), why, "UDP session stays in user space");
+                None
+            }
+        }
     }
 
     /// Reads datagrams until the QUIC sniffer decides: the detected ClientHello (`None`: not
@@ -211,7 +251,9 @@ impl Session {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut last_down = Instant::now();
         loop {
-            let quiet_since = last_down.max(flow.last_up());
+            let quiet_since = last_down
+                .max(flow.last_up())
+                .max(self.kernel_last(flow).unwrap_or(last_down));
             tokio::select! {
                 r = flow.upstream.recv(&mut buf) => match r {
                     Ok(n) => {
@@ -231,12 +273,30 @@ impl Session {
                 },
                 _ = tokio::time::sleep_until(quiet_since + idle) => {
                     // The client may have sent meanwhile: only a full quiet period ends it.
-                    if Instant::now() >= last_down.max(flow.last_up()) + idle {
+                    let last = last_down
+                        .max(flow.last_up())
+                        .max(self.kernel_last(flow).unwrap_or(last_down));
+                    if Instant::now() >= last + idle {
                         return Outcome::Ok;
                     }
                 }
             }
         }
+    }
+
+    /// When the kernel last forwarded a datagram of the session, either way; `None` if never.
+    /// Its clock is CLOCK_MONOTONIC, as `Instant`'s is.
+    fn kernel_last(&self, flow: &Flow) -> Option<Instant> {
+        let (fast, flows) = (self.fast.as_ref()?, flow.kernel.get()?);
+        let (up, down) = fast.counts(flows);
+        let last_ns = up.last_ns.max(down.last_ns);
+        if last_ns == 0 {
+            return None;
+        }
+        let clock = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).ok()?;
+        let now_ns = clock.tv_sec() as u64 * 1_000_000_000 + clock.tv_nsec() as u64;
+        let now = Instant::now();
+        now.checked_sub(Duration::from_nanos(now_ns.saturating_sub(last_ns)))
     }
 
     /// A refused session stays until it has been quiet for the idle timeout, dropping what
