@@ -11,6 +11,8 @@ use crate::util::step;
 
 /// The gateway's UDP and TCP (iperf3's control connection) listeners for iperf3.
 const IPERF: u16 = 7201;
+/// The same, with UDP sessions kept in user space.
+const IPERF_USER: u16 = 7202;
 /// The gateway's QUIC listener.
 const QUIC: u16 = 8453;
 /// The HTTP/3 server on the server host.
@@ -154,6 +156,19 @@ transport = "udp"
 bind = ["{gw}:{IPERF}"]
 to = "{server}:5201"
 
+# The same, kept in user space (no kernel path), for comparison.
+[[listener]]
+name = "iperf-user-control"
+bind = ["{gw}:{IPERF_USER}"]
+to = "{server}:5201"
+
+[[listener]]
+name = "iperf-user"
+transport = "udp"
+bind = ["{gw}:{IPERF_USER}"]
+to = "{server}:5201"
+data_path = "userspace"
+
 [[listener]]
 name = "h3"
 transport = "udp"
@@ -181,6 +196,7 @@ to = "{server}:{H3_SERVER}"
     )?;
     let direct_iperf = SocketAddr::new(server, 5201);
     let via_iperf = SocketAddr::new(gw, IPERF);
+    let user_iperf = SocketAddr::new(gw, IPERF_USER);
     let (direct_h3, via_h3) = (
         SocketAddr::new(server, H3_SERVER),
         SocketAddr::new(gw, QUIC),
@@ -213,11 +229,14 @@ to = "{server}:{H3_SERVER}"
     };
     for len in [64usize, 1200] {
         let (mut d_rate, mut a_rate, mut d_loss, mut a_loss) = (vec![], vec![], vec![], vec![]);
+        let mut u_rate = vec![];
         for _ in 0..runs {
             let d = iperf_udp(&topo, direct_iperf, len, 0, seconds)?;
             let a = iperf_udp(&topo, via_iperf, len, 0, seconds)?;
+            let u = iperf_udp(&topo, user_iperf, len, 0, seconds)?;
             d_rate.push(d.0);
             a_rate.push(a.0);
+            u_rate.push(u.0);
             d_loss.push(d.1);
             a_loss.push(a.1);
         }
@@ -227,6 +246,12 @@ to = "{server}:{H3_SERVER}"
             &format!("{len} B max, kdatagrams/s received"),
             direct_rate / 1e3,
             median(a_rate) / 1e3,
+        );
+        row(
+            &mut out,
+            &format!("{len} B max, kdatagrams/s received, sessions kept in user space"),
+            direct_rate / 1e3,
+            median(u_rate) / 1e3,
         );
         row(
             &mut out,
