@@ -35,11 +35,13 @@ pub fn keygen(tunnel: &Path, out: &Path) -> Result<String, LabError> {
 }
 
 /// A client config: dial `gateway` (which must hold `gateway_key`), authenticate with the
-/// private key at `key`, and put [`TUN_V4`] and [`TUN_V6`] on `astg0`.
+/// private key at `key`, put [`TUN_V4`] and [`TUN_V6`] on `astg0`, and then run as `nobody`,
+/// as a deployment runs it as its own user: every tunnel test runs after the drop.
 pub fn client_config(gateway: &str, gateway_key: &str, key: &Path) -> String {
     format!(
         "gateway = \"{gateway}\"\ngateway_key = \"{gateway_key}\"\nkey = \"{}\"\n\
-         interface = \"astg0\"\naddresses = [\"{TUN_V4}/32\", \"{TUN_V6}/128\"]\n",
+         interface = \"astg0\"\naddresses = [\"{TUN_V4}/32\", \"{TUN_V6}/128\"]\n\
+         user = \"nobody\"\n",
         key.display()
     )
 }

@@ -6,6 +6,7 @@ pub mod ebpf;
 pub mod forward;
 pub mod metrics;
 pub mod pipeline;
+pub mod privileges;
 pub mod proxy_protocol;
 pub mod reply;
 pub mod route;

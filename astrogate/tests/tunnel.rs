@@ -1178,7 +1178,29 @@ fn sigterm_removes_everything_and_a_killed_clients_leftovers_go_at_the_next_star
         1,
         "{running}"
     );
+    // It runs as `nobody` with CAP_NET_ADMIN (12) alone, on every thread, and that is
+    // enough to take its changes back at SIGTERM.
     let mut client = t.client.take().unwrap();
+    let pid = client.pid();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}:")))
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        };
+        assert_eq!(field("Uid"), "65534\t65534\t65534\t65534", "{status}");
+        for key in ["CapPrm", "CapEff", "CapBnd"] {
+            assert_eq!(
+                field(key),
+                format!("{:016x}", 1u64 << 12),
+                "{key}: {status}"
+            );
+        }
+    }
     client.signal(libc::SIGTERM);
     let status = client
         .wait_exit(Duration::from_secs(10))

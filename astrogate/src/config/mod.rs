@@ -130,6 +130,10 @@ pub struct GatewaySettings {
     pub udp_idle_timeout: Duration,
     /// UDP sessions over all listeners beyond which datagrams from new sources are dropped.
     pub max_udp_sessions: usize,
+    /// The user to switch to once set up; `None`: stay root.
+    pub user: Option<String>,
+    /// Runtime worker threads; 0: one per core.
+    pub workers: usize,
 }
 
 impl Default for GatewaySettings {
@@ -148,6 +152,8 @@ impl Default for GatewaySettings {
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             udp_idle_timeout: DEFAULT_UDP_IDLE_TIMEOUT,
             max_udp_sessions: DEFAULT_MAX_UDP_SESSIONS,
+            user: None,
+            workers: 0,
         }
     }
 }
@@ -410,6 +416,16 @@ fn validate_gateway(g: &raw::RawGateway, at: &Locator<'_>) -> Result<GatewaySett
     }
     if let Some(v) = &g.max_udp_sessions {
         s.max_udp_sessions = in_range(v, 1, 10_000_000, "gateway.max_udp_sessions", at)?;
+    }
+    if let Some(v) = &g.user {
+        // The user's existence is checked at start, where it is used.
+        if !crate::privileges::valid_user_name(v.get_ref()) {
+            return Err(at.at(v, "gateway.user", "not a user name"));
+        }
+        s.user = Some(v.get_ref().clone());
+    }
+    if let Some(v) = &g.workers {
+        s.workers = in_range(v, 0, 1024, "gateway.workers", at)?;
     }
     Ok(s)
 }

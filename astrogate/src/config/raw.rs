@@ -58,6 +58,8 @@ pub struct RawGateway {
     pub idle_timeout: Option<Spanned<String>>,
     pub udp_idle_timeout: Option<Spanned<String>>,
     pub max_udp_sessions: Option<Spanned<i64>>,
+    pub user: Option<Spanned<String>>,
+    pub workers: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -448,3 +448,28 @@ protocols = ["tls"]
         "udp 0.0.0.0:53 is bound twice",
     );
 }
+
+#[test]
+fn user_and_workers() {
+    let c = parse(&format!(
+        "[gateway]\nuser = \"astrogate\"\nworkers = 2\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert_eq!(c.gateway.user.as_deref(), Some("astrogate"));
+    assert_eq!(c.gateway.workers, 2);
+    let d = parse(MINIMAL).unwrap();
+    assert_eq!((d.gateway.user, d.gateway.workers), (None, 0));
+    let bad = |g: &str| format!("[gateway]\n{g}\n{MINIMAL}");
+    assert_error(
+        &bad("user = \"no body\""),
+        2,
+        "gateway.user",
+        "not a user name",
+    );
+    assert_error(
+        &bad("workers = -1"),
+        2,
+        "gateway.workers",
+        "between 0 and 1024",
+    );
+}

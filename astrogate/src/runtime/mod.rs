@@ -435,6 +435,10 @@ fn start_udp_kernel(
 /// One line per change a reload makes, for the log.
 fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
+    // The user and the threads are set once, at start.
+    if old.gateway.user != new.gateway.user || old.gateway.workers != new.gateway.workers {
+        out.push("gateway.user and gateway.workers take effect at the next start".to_string());
+    }
     let names = |c: &Config| -> BTreeMap<String, ListenerConfig> {
         c.listeners
             .iter()

@@ -2,7 +2,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result};
-use astrogate::{config::Config, runtime::Runtime};
+use astrogate::{config::Config, privileges, runtime::Runtime};
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod dial;
@@ -100,15 +100,42 @@ fn init_logging(format: LogFormat, level: &str) {
 fn run(path: &std::path::Path) -> Result<()> {
     let config = Config::load(path)?;
     raise_fd_limit();
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    // Looked up first, so that a missing user fails before anything is bound.
+    let target = config
+        .gateway
+        .user
+        .as_deref()
+        .map(privileges::Target::lookup)
+        .transpose()?;
+    if target.is_some() {
+        privileges::keep_capabilities_across_the_switch()?;
+    }
+    let workers = match config.gateway.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(async {
         let routes = config.routes.routes().len();
         let data_path = config.gateway.data_path;
         let gateway = Runtime::start(config)?;
+        if let Some(target) = &target {
+            privileges::drop_privileges(target, privileges::GATEWAY_KEEPS, workers).await?;
+            tracing::info!(
+                user = %target.name,
+                group = %target.group_name(),
+                capabilities = ?privileges::GATEWAY_KEEPS,
+                "switched user"
+            );
+        }
         for (listener, addr) in gateway.local_addrs() {
             tracing::info!(%listener, %addr, "listening");
         }
-        tracing::info!(routes, %data_path, "astrogate running");
+        tracing::info!(routes, %data_path, workers, "astrogate running");
         serve_until_stopped(&gateway, path).await;
         let grace = gateway.shutdown_grace();
         tracing::info!(

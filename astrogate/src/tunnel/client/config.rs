@@ -24,6 +24,7 @@ struct Raw {
     interface: Spanned<String>,
     addresses: Spanned<Vec<Spanned<String>>>,
     table: Option<Spanned<i64>>,
+    user: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -39,6 +40,8 @@ pub struct ClientConfig {
     pub v6: Option<(std::net::Ipv6Addr, u8)>,
     /// The routing table for the source rules, and the rules' priority.
     pub table: u32,
+    /// The user to switch to once the TUN, the rules and the TC programs are set up.
+    pub user: Option<String>,
 }
 
 impl ClientConfig {
@@ -133,6 +136,11 @@ impl ClientConfig {
                 _ => return Err(at.at(t, "table", "a routing table id, 1-252 or 256 and up")),
             },
         };
+        let user = match &raw.user {
+            None => None,
+            Some(u) if crate::privileges::valid_user_name(u.get_ref()) => Some(u.get_ref().clone()),
+            Some(u) => return Err(at.at(u, "user", "not a user name")),
+        };
         Ok(ClientConfig {
             gateway,
             gateway_key,
@@ -142,6 +150,7 @@ impl ClientConfig {
             v4,
             v6,
             table,
+            user,
         })
     }
 }

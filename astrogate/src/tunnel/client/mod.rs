@@ -28,6 +28,8 @@ pub enum ClientError {
     Tun(std::io::Error),
     #[error("the tunnel's TC program: {0}")]
     Ebpf(#[from] crate::ebpf::LoadError),
+    #[error("{0}")]
+    Privileges(crate::privileges::PrivilegeError),
 }
 
 /// Opens waiting for the stack.
@@ -36,6 +38,13 @@ const OPEN_QUEUE: usize = 1024;
 /// Sets the host up, serves until `stop` completes (or the TUN fails), and takes every host
 /// change back.
 pub async fn run(config: ClientConfig, stop: impl Future<Output = ()>) -> Result<(), ClientError> {
+    // Looked up first, so that a missing user fails before the host is changed.
+    let target = config
+        .user
+        .as_deref()
+        .map(crate::privileges::Target::lookup)
+        .transpose()
+        .map_err(ClientError::Privileges)?;
     let (tun, host) = host::Host::setup(&config).await?;
     let (v4, v6) = (config.v4.map(|a| a.0), config.v6.map(|a| a.0));
     let tc = match crate::ebpf::TunnelKernel::attach(&config.interface, v4, v6) {
@@ -52,6 +61,28 @@ pub async fn run(config: ClientConfig, stop: impl Future<Output = ()>) -> Result
         table = config.table,
         "TUN up, source rules installed, TC program attached"
     );
+    if let Some(target) = target {
+        // One thread: the runtime is current-thread.
+        use crate::privileges::{
+            keep_capabilities_across_the_switch, limit_this_thread, switch_user, TUNNEL_KEEPS,
+        };
+        let dropped = keep_capabilities_across_the_switch()
+            .and_then(|()| switch_user(&target))
+            .and_then(|()| limit_this_thread(TUNNEL_KEEPS));
+        match dropped {
+            Ok(()) => tracing::info!(
+                user = %target.name,
+                group = %target.group_name(),
+                capabilities = ?crate::privileges::TUNNEL_KEEPS,
+                "switched user"
+            ),
+            Err(e) => {
+                drop(tc);
+                let _ = host.remove().await;
+                return Err(ClientError::Privileges(e));
+            }
+        }
+    }
     let (opens, queue) = mpsc::channel(OPEN_QUEUE);
     let flows = Arc::new(std::sync::Mutex::new(tc::TcFlows(tc)));
     let stack = Stack::new(tun, Box::new(SharedFlows(flows.clone())));
