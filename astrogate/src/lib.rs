@@ -1,6 +1,7 @@
 //! Astrogate: a gateway that routes TCP connections by the hostname their first bytes name.
 pub mod access_log;
 pub mod acl;
+pub mod assets;
 pub mod config;
 pub mod ebpf;
 pub mod forward;

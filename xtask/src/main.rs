@@ -27,6 +27,9 @@ enum Command {
     BuildEbpf,
     /// Set up, build the eBPF programs, then build the daemon and tunnel client (release).
     Build,
+    /// Build the Debian package (binaries with eBPF, units, example configs, man pages, shell
+    /// completions) under target/debian/ with cargo-deb, installing it on first use.
+    Package,
     /// Build, bring up the Yggdrasil namespace lab, run the gateway in it, show every protocol
     /// working in both directions with real clients, and tear the lab down.
     Demo {
@@ -99,6 +102,7 @@ fn main() -> Result<()> {
             ebpf::build(&root).map(|_| ())
         }
         Command::Build => build(&root),
+        Command::Package => package::run(&root).map(|_| ()),
         Command::Demo { keep } => {
             build(&root)?;
             demo::run(&root, keep)
@@ -111,8 +115,10 @@ fn main() -> Result<()> {
             util::exec(cmd)
         }
         Command::Test { fuzz_seconds, args } => {
-            setup::ensure(setup::Scope::Everything)?;
-            ebpf::build(&root)?;
+            // The package test installs what `package` builds (which sets up and builds the
+            // eBPF programs and the binaries first).
+            let deb = package::run(&root)?;
+            std::env::set_var("ASTROGATE_DEB", &deb);
             util::cargo(&root, &["test", "--workspace", "--release"], &args)?;
             if fuzz_seconds > 0 {
                 fuzz::run(&root, fuzz_seconds)?;
@@ -171,10 +177,11 @@ fn main() -> Result<()> {
     }
 }
 
-fn build(root: &std::path::Path) -> Result<()> {
+pub(crate) fn build(root: &std::path::Path) -> Result<()> {
     setup::ensure(setup::Scope::Everything)?;
     ebpf::build(root)?;
     util::cargo(root, &["build", "--release", "--workspace", "--bins"], &[])
 }
 
 mod fuzz;
+mod package;

@@ -35,6 +35,11 @@ const APT_PACKAGES: &[&str] = &[
     "bind9-dnsutils",
     // The UDP kernel path test turns checksum offload off on its links.
     "ethtool",
+    // The package's maintainer scripts; the package test plays its unit (setpriv, prlimit)
+    // and verifies it (systemd-analyze).
+    "adduser",
+    "util-linux",
+    "systemd",
 ];
 
 /// PyPI packages the tests use, pinned, in a virtual environment of their own.
@@ -68,27 +73,32 @@ pub fn tools_dir() -> Result<PathBuf> {
 }
 
 const CARGO_FUZZ_VERSION: &str = "0.13.1"; // builds on the stable 1.95 here
+const CARGO_DEB_VERSION: &str = "3.8.0"; // likewise
 
 /// Installs cargo-fuzz on first use and returns its path.
 pub fn cargo_fuzz() -> Result<PathBuf> {
+    cargo_tool("cargo-fuzz", CARGO_FUZZ_VERSION)
+}
+
+/// Installs cargo-deb on first use and returns its path.
+pub fn cargo_deb() -> Result<PathBuf> {
+    cargo_tool("cargo-deb", CARGO_DEB_VERSION)
+}
+
+/// `cargo install`s `name` at `version` into the tools directory unless it answers there.
+fn cargo_tool(name: &str, version: &str) -> Result<PathBuf> {
     let root = tools_dir()?;
-    let bin = root.join("bin/cargo-fuzz");
+    let bin = root.join("bin").join(name);
     if output(Command::new(&bin).arg("--version")).is_some() {
         return Ok(bin);
     }
     step(&format!(
-        "cargo-fuzz: installing {CARGO_FUZZ_VERSION} into {}",
+        "{name}: installing {version} into {}",
         root.display()
     ));
     let mut cmd = Command::new("cargo");
     cmd.env_remove("RUSTUP_TOOLCHAIN")
-        .args([
-            "install",
-            "cargo-fuzz",
-            "--version",
-            CARGO_FUZZ_VERSION,
-            "--locked",
-        ])
+        .args(["install", name, "--version", version, "--locked"])
         .arg("--root")
         .arg(&root);
     run(cmd)?;

@@ -7,7 +7,7 @@ use astrogate::tunnel::{
     client::{self, ClientConfig},
     keys,
 };
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +46,9 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Write the man page and shell completions under DIR (for packaging).
+    #[command(hide = true)]
+    Assets { dir: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -53,6 +56,8 @@ fn main() -> ExitCode {
     init_logging(&cli.log_level);
     let result = match cli.command {
         Command::Keygen { out } => keygen(&out),
+        Command::Assets { dir } => astrogate::assets::write(Cli::command(), &dir)
+            .with_context(|| format!("writing to {}", dir.display())),
         Command::Pubkey { key } => keys::read_private(&key)
             .map(|k| println!("{}", keys::encode(&keys::public_of(&k))))
             .map_err(Into::into),
@@ -92,10 +97,35 @@ fn run(path: &std::path::Path) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let path = path.to_path_buf();
     runtime.block_on(async {
+        tokio::spawn(check_on_hangup(path));
         client::run(config, stop_signal()).await?;
         Ok(())
     })
+}
+
+/// SIGHUP (systemd's ExecReload) checks the config file and says so. Everything in it shapes
+/// the host (the TUN, its addresses, the rules) or the session (the gateway, the keys), which
+/// are set up once, so a change takes a restart; but a reload must never stop the client, as
+/// SIGHUP's default action would.
+async fn check_on_hangup(path: std::path::PathBuf) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot watch SIGHUP");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match ClientConfig::load(&path) {
+            Ok(_) => tracing::info!(
+                config = %path.display(),
+                "SIGHUP: the config is valid; the client applies it at its next start"
+            ),
+            Err(e) => {
+                tracing::error!("SIGHUP: the config is not valid, fix it before restarting: {e}")
+            }
+        }
+    }
 }
 
 async fn stop_signal() {

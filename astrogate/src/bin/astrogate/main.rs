@@ -3,7 +3,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context, Result};
 use astrogate::{config::Config, privileges, runtime::Runtime};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 mod dial;
 
@@ -62,6 +62,9 @@ enum Command {
         #[arg(long)]
         via: String,
     },
+    /// Write the man page and shell completions under DIR (for packaging).
+    #[command(hide = true)]
+    Assets { dir: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -71,6 +74,8 @@ fn main() -> ExitCode {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
         Command::Dial { host, port, via } => dial::run(&host, port, &via),
+        Command::Assets { dir } => astrogate::assets::write(Cli::command(), &dir)
+            .with_context(|| format!("writing to {}", dir.display())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
