@@ -46,15 +46,42 @@ pub fn client_config(gateway: &str, gateway_key: &str, key: &Path) -> String {
     )
 }
 
+/// The shipped unit of the tunnel client.
+const TUNNEL_UNIT: &str = include_str!("../../config/astrogate-tunnel.service");
+
+/// `setpriv`'s `--bounding-set` argument for a unit's `CapabilityBoundingSet`: exactly those
+/// capabilities, as systemd would leave the service.
+pub fn unit_bounding_set(unit: &str) -> Option<String> {
+    let caps = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))?;
+    let plus: Vec<String> = caps
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    Some(format!("--bounding-set=-all,{}", plus.join(",")))
+}
+
 /// Starts `tunnel run --config config` in `ns`, logging to `log`, and waits until it serves.
+/// It runs with the shipped unit's capability bounding set, as systemd would run it, so every
+/// test that starts a client shows that set is enough.
 pub fn start_client(
     ns: &Netns,
     tunnel: &Path,
     config: &Path,
     log: &Path,
 ) -> Result<Child, LabError> {
-    let mut cmd = ns.command(&tunnel.to_string_lossy());
-    cmd.arg("run").arg("--config").arg(config);
+    let bounding = unit_bounding_set(TUNNEL_UNIT).ok_or_else(|| LabError::Failed {
+        command: "reading config/astrogate-tunnel.service".into(),
+        status: "no CapabilityBoundingSet".into(),
+        stderr: String::new(),
+    })?;
+    let mut cmd = ns.command("setpriv");
+    cmd.arg(bounding)
+        .arg(tunnel)
+        .arg("run")
+        .arg("--config")
+        .arg(config);
     // ASTROGATE_TUNNEL_LOG=info,smoltcp=debug shows the stack's view when a test fails.
     let filter = std::env::var("ASTROGATE_TUNNEL_LOG").unwrap_or_else(|_| "info".into());
     cmd.env("RUST_LOG", filter);

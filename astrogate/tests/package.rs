@@ -162,10 +162,7 @@ fn the_package_installs_runs_as_its_user_and_purges() {
 /// Runs the unit's ExecStart in a namespace of its own with the unit's capability bounding
 /// set and open-file limit, then does what ExecReload and stop do.
 fn play_the_unit(unit: &str, uid: u32) {
-    let bounding: Vec<String> = unit_value(unit, "CapabilityBoundingSet")
-        .split_whitespace()
-        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
-        .collect();
+    let bounding = astrogate_lab::tunnel::unit_bounding_set(unit).expect("a bounding set");
     let exec: Vec<String> = unit_value(unit, "ExecStart")
         .split_whitespace()
         .map(str::to_string)
@@ -188,7 +185,7 @@ fn play_the_unit(unit: &str, uid: u32) {
     let mut cmd = ns.command("prlimit");
     cmd.arg(format!("--nofile={nofile}:{nofile}"))
         .arg("setpriv")
-        .arg(format!("--bounding-set=-all,{}", bounding.join(",")))
+        .arg(bounding)
         .args(&exec);
     let mut gateway = Child::spawn("astrogate", &mut cmd, &dir.join("astrogate.log")).unwrap();
     let log = |g: &Child| g.output();
