@@ -84,9 +84,11 @@ pub fn received_total(fd: RawFd) -> io::Result<u64> {
     Ok(tcp_info(fd)?.tcpi_bytes_received)
 }
 
-/// Bytes the peer has acknowledged since the socket was opened.
-pub fn acked_total(fd: RawFd) -> io::Result<u64> {
-    Ok(tcp_info(fd)?.tcpi_bytes_acked)
+/// Bytes received in order plus bytes the peer has acknowledged, since the socket was opened,
+/// from one TCP_INFO read: it changes whenever anything moves either way.
+pub fn moved_total(fd: RawFd) -> io::Result<u64> {
+    let info = tcp_info(fd)?;
+    Ok(info.tcpi_bytes_received.wrapping_add(info.tcpi_bytes_acked))
 }
 
 /// Makes a listening socket keep each accepted connection's SYN headers (TCP_SAVE_SYN), so

@@ -52,17 +52,19 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
 }
 
-/// Handles a connection to the end and returns its access record.
+/// Handles a connection to the end and returns its access record. `bound` is the listening
+/// socket's address when it names one (not a wildcard): the connection's local address.
 pub async fn handle(
     snapshot: Arc<Snapshot>,
     shared: Shared,
     listener: Arc<ListenerConfig>,
     client: TcpStream,
     peer: SocketAddr,
+    bound: Option<SocketAddr>,
 ) -> AccessRecord {
     let mut rec = AccessRecord::new(peer, Arc::from(listener.name.as_str()));
     rec.raw = listener.to.is_some();
-    rec.outcome = serve(&snapshot, &shared, &listener, &client, &mut rec).await;
+    rec.outcome = serve(&snapshot, &shared, &listener, &client, &mut rec, bound).await;
     rec
 }
 
@@ -72,9 +74,11 @@ async fn serve(
     listener: &ListenerConfig,
     client: &TcpStream,
     rec: &mut AccessRecord,
+    bound: Option<SocketAddr>,
 ) -> Outcome {
     let _ = client.set_nodelay(true);
-    let mut local = match client.local_addr() {
+    let local = bound.map_or_else(|| client.local_addr(), Ok);
+    let mut local = match local {
         Ok(a) => a,
         Err(e) => return fail(rec, Outcome::Error, e),
     };

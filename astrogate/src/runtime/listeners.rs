@@ -98,6 +98,12 @@ pub(super) fn bind_one(addr: SocketAddr, kernel_path: bool) -> io::Result<TcpLis
 
 async fn accept_loop(socket: TcpListener, listener: Arc<ArcSwap<ListenerConfig>>, ctx: Context) {
     let mut backoff = AcceptBackoff::default();
+    // Where connections arrive, when the bind names one address: then no connection needs
+    // its own getsockname.
+    let bound = socket
+        .local_addr()
+        .ok()
+        .filter(|a| !a.ip().is_unspecified());
     loop {
         match socket.accept().await {
             Ok((stream, peer)) => {
@@ -114,7 +120,8 @@ async fn accept_loop(socket: TcpListener, listener: Arc<ArcSwap<ListenerConfig>>
                 let active = ctx.metrics.open_connection();
                 ctx.tracker.spawn(async move {
                     let metrics = shared.metrics.clone();
-                    let rec = pipeline::handle(snapshot, shared, listener, stream, peer).await;
+                    let rec =
+                        pipeline::handle(snapshot, shared, listener, stream, peer, bound).await;
                     record::record(&rec, &metrics);
                     drop(active);
                 });
