@@ -67,8 +67,8 @@ enum Command {
         /// Idle connections opened for the memory measurement.
         #[arg(long, default_value_t = 10_000)]
         idle: usize,
-        /// Topologies to run, comma-separated: loopback, veth, tunnel-veth, tunnel-ygg.
-        #[arg(long, default_value = "loopback,veth,ops,udp,tunnel-veth,tunnel-ygg")]
+        /// Topologies to run, comma-separated: loopback, veth, connrate, ops, udp, tunnel-veth, tunnel-ygg.
+        #[arg(long, default_value = "loopback,veth,connrate,ops,udp,tunnel-veth,tunnel-ygg")]
         topologies: String,
     },
     /// Run the randomized differential soak of every data path (tests/soak.rs) for longer

@@ -107,6 +107,20 @@ pub async fn connect_any(
     deadline: Instant,
     timeout: Duration,
 ) -> Result<(TcpStream, SocketAddr), ConnectError> {
+    if let [addr] = addrs {
+        // One address, nothing to race: no attempt task, no attempt timer.
+        return match tokio::time::timeout_at(deadline, TcpStream::connect(*addr)).await {
+            Err(_) => Err(ConnectError::Timeout(timeout)),
+            Ok(Err(source)) => Err(ConnectError::Refused {
+                addr: *addr,
+                source,
+            }),
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                Ok((stream, *addr))
+            }
+        };
+    }
     let mut queue = interleave_families(addrs).into_iter();
     let mut attempts = tokio::task::JoinSet::new();
     let mut last = None;

@@ -76,7 +76,7 @@ async fn serve(
     rec: &mut AccessRecord,
     bound: Option<SocketAddr>,
 ) -> Outcome {
-    let _ = client.set_nodelay(true);
+    // TCP_NODELAY comes from the listening socket (`runtime::listeners::bind_one`).
     let local = bound.map_or_else(|| client.local_addr(), Ok);
     let mut local = match local {
         Ok(a) => a,

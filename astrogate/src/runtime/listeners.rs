@@ -90,6 +90,9 @@ pub(super) fn bind_one(addr: SocketAddr, kernel_path: bool) -> io::Result<TcpLis
     if kernel_path {
         save_syn(socket.as_raw_fd())?;
     }
+    // Accepted sockets inherit TCP_NODELAY from their listener: one setsockopt here instead of
+    // one per connection (the sniffed bytes and small replies must not wait for Nagle).
+    socket.set_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
@@ -172,4 +175,18 @@ pub fn bind_tunnels(addr: SocketAddr, hub: Arc<Hub>) -> io::Result<TunnelBound> 
         }
     });
     Ok(TunnelBound { local, task })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay_without_a_call_each() {
+        let listener = bind_one("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(accepted.nodelay().unwrap());
+    }
 }

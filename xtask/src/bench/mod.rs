@@ -2,6 +2,7 @@
 //! connections and HAProxy, on loopback and across veth, reported as medians and ratios; then
 //! tunnel mode beside the gateway's direct path, over veth and over Yggdrasil.
 //! A benchmark, not a test: it asserts nothing and prints what it measured.
+mod connrate;
 mod ops;
 mod tools;
 mod tunnel;
@@ -32,9 +33,10 @@ pub struct Options {
 }
 
 /// Every topology, in the order they run.
-pub const TOPOLOGIES: [&str; 6] = [
+pub const TOPOLOGIES: [&str; 7] = [
     "loopback",
     "veth",
+    "connrate",
     "ops",
     "udp",
     "tunnel-veth",
@@ -248,6 +250,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     let mut report = String::new();
     for (name, make) in [
         ("loopback", Topology::loopback as fn() -> Result<Topology>),
+        ("connrate", Topology::veth),
         ("ops", Topology::veth),
         ("udp", Topology::veth),
         ("veth", Topology::veth),
@@ -258,6 +261,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
             continue;
         }
         let special = match name {
+            "connrate" => Some(connrate::run(root, &shim, opts.runs, opts.seconds)?),
             "ops" => Some(ops::run(root, opts.runs, opts.seconds)?),
             "udp" => Some(udp::run(root, opts.runs, opts.seconds)?),
             _ => None,
@@ -556,17 +560,30 @@ fn iperf(
     reverse: bool,
     seconds: u64,
 ) -> Result<(f64, f64, f64)> {
-    let dest = topo.dest(c, 0);
+    let dest = topo.dest(c, 0).addr;
+    let shim = c.is_astrogate().then_some(shim);
+    iperf_to(topo, dest, shim, reverse, seconds).with_context(|| format!("via {}", c.name()))
+}
+
+/// One iperf3 run to `dest`, through a dial listener (with the dial shim) when `shim` is
+/// given: (Gbit/s received, bytes, CPU seconds used by the whole machine).
+fn iperf_to(
+    topo: &Topology,
+    dest: SocketAddr,
+    shim: Option<&Path>,
+    reverse: bool,
+    seconds: u64,
+) -> Result<(f64, f64, f64)> {
     let mut cmd = topo.client.command("env");
-    if c.is_astrogate() {
+    if let Some(shim) = shim {
         cmd.arg(format!("LD_PRELOAD={}", shim.display()))
             .arg("ASTROGATE_DIAL_HOST=iperf.bench")
             .arg("ASTROGATE_DIAL_PORT=5201");
     }
     cmd.args(["iperf3", "-J", "-c"])
-        .arg(dest.addr.ip().to_string())
+        .arg(dest.ip().to_string())
         .arg("-p")
-        .arg(dest.addr.port().to_string())
+        .arg(dest.port().to_string())
         .arg("-t")
         .arg(seconds.to_string());
     if reverse {
@@ -590,8 +607,7 @@ fn iperf(
     };
     let (Some(bps), Some(bytes)) = (field("\"bits_per_second\""), field("\"bytes\"")) else {
         bail!(
-            "iperf3 via {} gave no result: {}",
-            c.name(),
+            "iperf3 to {dest} gave no result: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     };

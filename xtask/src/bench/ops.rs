@@ -129,7 +129,7 @@ fn start_proxied_sink(topo: &Topology, stop: Arc<AtomicBool>) -> Result<()> {
 }
 
 /// CPU seconds (user + system) a process has used.
-fn process_cpu_s(pid: u32) -> Result<f64> {
+pub(super) fn process_cpu_s(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let rest = &stat[stat.rfind(')').context("a /proc stat line")? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
