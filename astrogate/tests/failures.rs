@@ -298,7 +298,7 @@ fn a_dead_first_address_does_not_eat_the_connect_timeout() {
                 ];
                 let timeout = Duration::from_secs(10);
                 let deadline = tokio::time::Instant::now() + timeout;
-                astrogate::pipeline::connect::connect_any(&addrs, deadline, timeout)
+                astrogate::pipeline::connect::connect_any(&addrs, deadline, timeout, false)
                     .await
                     .map(|(_, addr)| addr)
                     .map_err(|e| e.to_string())

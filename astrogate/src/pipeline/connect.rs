@@ -1,7 +1,10 @@
 //! Connecting to a route's target.
 use std::{io, net::SocketAddr, time::Duration};
 
-use tokio::{net::TcpStream, time::Instant};
+use tokio::{
+    net::{TcpSocket, TcpStream},
+    time::Instant,
+};
 
 use crate::{
     config::{Target, TargetHost},
@@ -40,9 +43,10 @@ pub async fn open(
     timeout: Duration,
     tunnels: &Hub,
     client: SocketAddr,
+    sends_first: bool,
 ) -> Result<(TcpStream, SocketAddr), ConnectError> {
     let TargetHost::Tunnel(name) = &target.host else {
-        return connect(target, default_port, timeout).await;
+        return connect(target, default_port, timeout, sends_first).await;
     };
     let port = target.port.unwrap_or(default_port);
     let stream = tunnels
@@ -59,11 +63,13 @@ pub async fn open(
 }
 
 /// Connects to an address or name `target` within one overall `timeout` (Happy Eyeballs over
-/// its addresses). `default_port` applies when the target names none.
+/// its addresses). `default_port` applies when the target names none. `sends_first`: the
+/// gateway writes to the connection as soon as it is up (see [`attempt`]).
 pub async fn connect(
     target: &Target,
     default_port: u16,
     timeout: Duration,
+    sends_first: bool,
 ) -> Result<(TcpStream, SocketAddr), ConnectError> {
     let deadline = Instant::now() + timeout;
     let port = target.port.unwrap_or(default_port);
@@ -85,7 +91,7 @@ pub async fn connect(
             }
         }
     };
-    connect_any(&addrs, deadline, timeout)
+    connect_any(&addrs, deadline, timeout, sends_first)
         .await
         .map_err(|e| match e {
             ConnectError::NoAddresses { .. } => ConnectError::NoAddresses {
@@ -106,19 +112,17 @@ pub async fn connect_any(
     addrs: &[SocketAddr],
     deadline: Instant,
     timeout: Duration,
+    sends_first: bool,
 ) -> Result<(TcpStream, SocketAddr), ConnectError> {
     if let [addr] = addrs {
         // One address, nothing to race: no attempt task, no attempt timer.
-        return match tokio::time::timeout_at(deadline, TcpStream::connect(*addr)).await {
+        return match tokio::time::timeout_at(deadline, attempt(*addr, sends_first)).await {
             Err(_) => Err(ConnectError::Timeout(timeout)),
             Ok(Err(source)) => Err(ConnectError::Refused {
                 addr: *addr,
                 source,
             }),
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                Ok((stream, *addr))
-            }
+            Ok(Ok(stream)) => Ok((stream, *addr)),
         };
     }
     let mut queue = interleave_families(addrs).into_iter();
@@ -128,7 +132,7 @@ pub async fn connect_any(
         if attempts.is_empty() {
             match queue.next() {
                 Some(addr) => {
-                    attempts.spawn(async move { (addr, TcpStream::connect(addr).await) });
+                    attempts.spawn(async move { (addr, attempt(addr, sends_first).await) });
                 }
                 None => break,
             }
@@ -137,18 +141,14 @@ pub async fn connect_any(
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => return Err(ConnectError::Timeout(timeout)),
             done = attempts.join_next() => match done {
-                Some(Ok((addr, Ok(stream)))) => {
-                    // Latency beats coalescing here: the client already decided how to batch.
-                    let _ = stream.set_nodelay(true);
-                    return Ok((stream, addr));
-                }
+                Some(Ok((addr, Ok(stream)))) => return Ok((stream, addr)),
                 Some(Ok((addr, Err(source)))) => last = Some(ConnectError::Refused { addr, source }),
                 // A task cannot panic or be cancelled here; count it as a failed attempt.
                 Some(Err(_)) | None => {}
             },
             _ = next_start => {
                 if let Some(addr) = queue.next() {
-                    attempts.spawn(async move { (addr, TcpStream::connect(addr).await) });
+                    attempts.spawn(async move { (addr, attempt(addr, sends_first).await) });
                 }
             }
         }
@@ -159,6 +159,24 @@ pub async fn connect_any(
     Err(last.unwrap_or(ConnectError::NoAddresses {
         name: String::new(),
     }))
+}
+
+/// One connection attempt. TCP_NODELAY: latency beats coalescing here, the client already
+/// decided how to batch. With `sends_first`, quick ACKs are off before the handshake (HAProxy's
+/// `tcp-smart-connect`): the handshake's last ACK then rides on the first bytes, which the
+/// gateway sends at once, one packet fewer for both ends. Without bytes to send (a server that
+/// speaks first) it stays on, or the server would wait for the delayed ACK to accept.
+async fn attempt(addr: SocketAddr, sends_first: bool) -> io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_nodelay(true)?;
+    if sends_first {
+        socket2::SockRef::from(&socket).set_quickack(false)?;
+    }
+    socket.connect(addr).await
 }
 
 /// Alternates address families, starting with the family of the first address (RFC 8305 §4).

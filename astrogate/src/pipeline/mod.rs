@@ -193,10 +193,36 @@ async fn serve(
     };
     rec.target = Some(target.to_string());
 
+    // The dial header is the one preamble the gateway consumes; everything else is replayed
+    // exactly as the client sent it.
+    let replay = match &detected {
+        Some(Detected::Dial(req)) => buf.get(req.header_len..).unwrap_or_default(),
+        _ => &buf[..],
+    };
+    // The upstream learns who the client is before any of the client's bytes: the header and
+    // the replay go in one write, so one segment, as a balancer would send them.
+    let first = match proxy {
+        Some(version) => {
+            let mut first = proxy_protocol::encode(version, rec.client, local);
+            first.extend_from_slice(replay);
+            std::borrow::Cow::Owned(first)
+        }
+        None => std::borrow::Cow::Borrowed(replay),
+    };
+
     let timeout = snap.settings.connect_timeout;
     let connecting = Instant::now();
+    let sends_first = !first.is_empty();
+    let opened = connect::open(
+        &target,
+        default_port,
+        timeout,
+        &shared.tunnels,
+        rec.client,
+        sends_first,
+    );
     let (upstream, addr) =
-        match connect::open(&target, default_port, timeout, &shared.tunnels, rec.client).await {
+        match opened.await {
             Ok(ok) => {
                 shared.metrics.connected(connecting.elapsed());
                 ok
@@ -214,25 +240,11 @@ async fn serve(
         };
     rec.upstream = Some(addr);
 
-    // The dial header is the one preamble the gateway consumes; everything else is replayed
-    // exactly as the client sent it.
-    let mut replay = &buf[..];
-    if let Some(Detected::Dial(req)) = &detected {
-        replay = buf.get(req.header_len..).unwrap_or_default();
+    if let Some(Detected::Dial(_)) = &detected {
         if let Err(e) = write_all(client, DialStatus::Connected.reply_line()).await {
             return fail(rec, Outcome::ClientReset, e);
         }
     }
-    // The upstream learns who the client is before any of the client's bytes: the header and
-    // the replay go in one write, so one segment, as a balancer would send them.
-    let first = match proxy {
-        Some(version) => {
-            let mut first = proxy_protocol::encode(version, rec.client, local);
-            first.extend_from_slice(replay);
-            std::borrow::Cow::Owned(first)
-        }
-        None => std::borrow::Cow::Borrowed(replay),
-    };
     if let Err(e) = write_all(&upstream, &first).await {
         reset_on_close(client);
         return fail(rec, Outcome::UpstreamReset, e);

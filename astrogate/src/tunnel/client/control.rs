@@ -61,7 +61,7 @@ async fn dial(config: &ClientConfig) -> Result<TcpStream, String> {
             Ok(Err(e)) => return Err(format!("resolving {}: {e}", config.gateway)),
             Err(_) => return Err(format!("resolving {}: timed out", config.gateway)),
         };
-    let (stream, _) = connect_any(&addrs, deadline, CONNECT_TIMEOUT)
+    let (stream, _) = connect_any(&addrs, deadline, CONNECT_TIMEOUT, false)
         .await
         .map_err(|e| e.to_string())?;
     // A path that dies without a FIN is found by the heartbeat on the control connection and
