@@ -68,7 +68,10 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         idle: usize,
         /// Topologies to run, comma-separated: loopback, veth, connrate, ops, udp, tunnel-veth, tunnel-ygg.
-        #[arg(long, default_value = "loopback,veth,connrate,ops,udp,tunnel-veth,tunnel-ygg")]
+        #[arg(
+            long,
+            default_value = "loopback,veth,connrate,ops,udp,tunnel-veth,tunnel-ygg"
+        )]
         topologies: String,
     },
     /// Run the randomized differential soak of every data path (tests/soak.rs) for longer

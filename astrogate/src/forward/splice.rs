@@ -57,7 +57,9 @@ async fn pump_adaptive(
                 Ok(_) => {}
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break None,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::ConnectionReset => break Some(DirectionEnd::Reset),
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                    break Some(DirectionEnd::Reset)
+                }
                 Err(e) => break Some(DirectionEnd::ReadFailed(e)),
             }
         };

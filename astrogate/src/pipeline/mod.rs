@@ -221,23 +221,22 @@ async fn serve(
         rec.client,
         sends_first,
     );
-    let (upstream, addr) =
-        match opened.await {
-            Ok(ok) => {
-                shared.metrics.connected(connecting.elapsed());
-                ok
-            }
-            Err(e) => {
-                let (refusal, outcome) = if e.is_timeout() {
-                    (Refusal::Timeout, Outcome::UpstreamTimeout)
-                } else {
-                    (Refusal::Unreachable, Outcome::UpstreamUnreachable)
-                };
-                rec.detail = Some(e.to_string());
-                refuse(client, rec.protocol, refusal).await;
-                return outcome;
-            }
-        };
+    let (upstream, addr) = match opened.await {
+        Ok(ok) => {
+            shared.metrics.connected(connecting.elapsed());
+            ok
+        }
+        Err(e) => {
+            let (refusal, outcome) = if e.is_timeout() {
+                (Refusal::Timeout, Outcome::UpstreamTimeout)
+            } else {
+                (Refusal::Unreachable, Outcome::UpstreamUnreachable)
+            };
+            rec.detail = Some(e.to_string());
+            refuse(client, rec.protocol, refusal).await;
+            return outcome;
+        }
+    };
     rec.upstream = Some(addr);
 
     if let Some(Detected::Dial(_)) = &detected {

@@ -13,6 +13,9 @@
 //! The load generator is Rust on tokio, one single-threaded runtime per CPU with many
 //! connections in flight, and the server likewise (SO_REUSEPORT, one listener per CPU):
 //! thread-per-connection tools would spend more on themselves than the proxies do.
+//!
+//! With `CONNRATE_PROFILE=DIR` set, the system-call run also records each proxy with
+//! `perf record -g` into `DIR/<process>.data`: where the time goes, kernel against user space.
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
@@ -156,7 +159,8 @@ impl CpuCap {
             (v1.to_path_buf(), None)
         } else {
             let v2 = Path::new("/sys/fs/cgroup");
-            fs::write(v2.join("cgroup.subtree_control"), "+cpu").context("enabling cgroup v2 cpu")?;
+            fs::write(v2.join("cgroup.subtree_control"), "+cpu")
+                .context("enabling cgroup v2 cpu")?;
             (v2.to_path_buf(), Some(format!("{} 100000", percent * 1000)))
         };
         let dir = root.join(format!("astrogate-bench-{}", std::process::id()));
@@ -166,7 +170,10 @@ impl CpuCap {
             Some(max) => fs::write(cap.dir.join("cpu.max"), max)?,
             None => {
                 fs::write(cap.dir.join("cpu.cfs_period_us"), "100000")?;
-                fs::write(cap.dir.join("cpu.cfs_quota_us"), (percent * 1000).to_string())?;
+                fs::write(
+                    cap.dir.join("cpu.cfs_quota_us"),
+                    (percent * 1000).to_string(),
+                )?;
             }
         }
         for pid in &cap.pids {
@@ -294,11 +301,15 @@ fn start_proxies(topo: &mut Topology, root: &Path) -> Result<()> {
         }
         let addr = SocketAddr::new(topo.gw_ip, p.tls);
         let ns = topo.gw();
-        wait_for(&format!("{name} on {addr}"), Duration::from_secs(10), || {
-            ns.enter(move || std::net::TcpStream::connect(addr).is_ok())
-                .ok()
-                .filter(|ok| *ok)
-        })?;
+        wait_for(
+            &format!("{name} on {addr}"),
+            Duration::from_secs(10),
+            || {
+                ns.enter(move || std::net::TcpStream::connect(addr).is_ok())
+                    .ok()
+                    .filter(|ok| *ok)
+            },
+        )?;
     }
     Ok(())
 }
@@ -594,9 +605,16 @@ pub fn run(root: &Path, shim: &Path, runs: usize, seconds: u64) -> Result<String
     );
     for sc in &SCENARIOS {
         step(&format!("bench: {}", sc.title));
-        let sink = Sink::start(topo.server(), SocketAddr::new(topo.server_ip, SINK), sc.load_cpus)?;
+        let sink = Sink::start(
+            topo.server(),
+            SocketAddr::new(topo.server_ip, SINK),
+            sc.load_cpus,
+        )?;
         let pids = sc.columns.iter().filter_map(|p| topo.pid_of(&p.process()));
-        let cap = sc.quota.map(|q| CpuCap::new(q, pids.collect())).transpose()?;
+        let cap = sc
+            .quota
+            .map(|q| CpuCap::new(q, pids.collect()))
+            .transpose()?;
         let mut cols: Vec<Column> = sc.columns.iter().map(|_| Column::default()).collect();
         let addr = |p: &Proxy| match p.kind {
             Kind::Direct => SocketAddr::new(topo.server_ip, SINK),
@@ -662,7 +680,10 @@ fn render(out: &mut String, sc: &Scenario, cols: &[Column]) {
     let total = |c: &Column| c.syscalls.values().sum::<f64>();
     type Get<'a> = Box<dyn Fn(&Column) -> f64 + 'a>;
     let mut rows: Vec<(String, Get)> = vec![
-        ("new connections/s".into(), Box::new(|c| med(c, &|s| s.rate))),
+        (
+            "new connections/s".into(),
+            Box::new(|c| med(c, &|s| s.rate)),
+        ),
         (
             "proxy CPU us per connection".into(),
             Box::new(|c| med(c, &|s| s.proxy_cpu_us)),
@@ -701,18 +722,32 @@ fn render(out: &mut String, sc: &Scenario, cols: &[Column]) {
         let _ = writeln!(out, " {ratio} |");
     }
     // The system calls behind the totals, largest first.
-    let mut names: Vec<&String> = cols[1].syscalls.keys().chain(cols[2].syscalls.keys()).collect();
+    let mut names: Vec<&String> = cols[1]
+        .syscalls
+        .keys()
+        .chain(cols[2].syscalls.keys())
+        .collect();
     names.sort();
     names.dedup();
     let per = |c: &Column, n: &str| c.syscalls.get(n).copied().unwrap_or(0.0);
-    names.sort_by(|a, b| (per(&cols[1], b) + per(&cols[2], b)).total_cmp(&(per(&cols[1], a) + per(&cols[2], a))));
+    names.sort_by(|a, b| {
+        (per(&cols[1], b) + per(&cols[2], b)).total_cmp(&(per(&cols[1], a) + per(&cols[2], a)))
+    });
     let _ = writeln!(
         out,
         "\n| system calls per connection | {} | {} |\n|---|---|---|",
         sc.columns[1].name(),
         sc.columns[2].name()
     );
-    for n in names.into_iter().filter(|n| per(&cols[1], n) + per(&cols[2], n) >= 0.05) {
-        let _ = writeln!(out, "| {n} | {:.2} | {:.2} |", per(&cols[1], n), per(&cols[2], n));
+    for n in names
+        .into_iter()
+        .filter(|n| per(&cols[1], n) + per(&cols[2], n) >= 0.05)
+    {
+        let _ = writeln!(
+            out,
+            "| {n} | {:.2} | {:.2} |",
+            per(&cols[1], n),
+            per(&cols[2], n)
+        );
     }
 }
