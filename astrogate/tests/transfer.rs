@@ -499,6 +499,75 @@ on_every_path!(
     upstream_reset
 );
 
+/// The gateway's open pipes.
+fn pipes_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("pipe:"))
+        .count()
+}
+
+/// The splice path copies short exchanges and makes a pipe only for a direction whose read
+/// fills the probe buffer: 20 connections trading 100 bytes hold no pipe, and one of them
+/// carrying 8 MiB each way then holds one per direction; every byte comes back as sent.
+#[test]
+fn splice_takes_a_pipe_only_for_bulk() {
+    let lab = lab("pipes", "splice");
+    let _echo = Server::start(&lab.ns, "127.0.0.1:9012", |mut s| {
+        let mut buf = vec![0u8; 1 << 20];
+        while let Ok(n @ 1..) = s.read(&mut buf) {
+            if s.write_all(&buf[..n]).is_err() {
+                return;
+            }
+        }
+        finish(&s);
+    });
+    let pid = gateway_pid(&lab);
+    let before = pipes_of(pid);
+    let mut conns: Vec<TcpStream> = (0..20u8)
+        .map(|i| {
+            let mut s = dial(&lab.ns, GW, "echo.test", 9012);
+            let msg = [i; 100];
+            s.write_all(&msg).unwrap();
+            let mut back = [0u8; 100];
+            s.read_exact(&mut back).unwrap();
+            assert_eq!(back, msg);
+            s
+        })
+        .collect();
+    assert_eq!(pipes_of(pid), before, "short exchanges made pipes");
+
+    const BULK: u64 = 8 << 20;
+    let mut reader = conns[0].try_clone().unwrap();
+    reader
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let got = thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 20];
+        let (mut n, mut hash) = (0u64, Sha256::new());
+        while n < BULK {
+            let k = reader.read(&mut buf).unwrap();
+            assert!(k > 0, "closed after {n} bytes");
+            hash.update(&buf[..k]);
+            n += k as u64;
+        }
+        hex(&hash.finalize().into())
+    });
+    let sent = send_pattern(&mut conns[0], 12, BULK).unwrap();
+    assert_eq!(got.join().unwrap(), hex(&sent));
+    assert_eq!(
+        pipes_of(pid),
+        before + 4,
+        "a bulk direction splices through its own pipe (two descriptors), each way"
+    );
+    for s in &conns {
+        finish(s);
+    }
+    drop(conns);
+    lab.wait_access_log(&["host=echo.test", "path=splice", "copied_bytes=200 "]);
+}
+
 #[test]
 fn churn_on_the_copy_path() {
     churn("userspace", 10_000);

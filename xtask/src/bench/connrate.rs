@@ -711,8 +711,14 @@ fn render(out: &mut String, sc: &Scenario, cols: &[Column]) {
     for (label, get) in &rows {
         let v: Vec<f64> = cols.iter().map(|c| get(c)).collect();
         let _ = write!(out, "| {label} |");
-        for x in &v {
-            let _ = write!(out, " {x:.1} |");
+        // Direct connections have no proxy process to measure.
+        let proxy_only = label.starts_with("proxy") || label.starts_with("system");
+        for (x, p) in v.iter().zip(&sc.columns) {
+            if proxy_only && p.kind == Kind::Direct {
+                let _ = write!(out, " - |");
+            } else {
+                let _ = write!(out, " {x:.1} |");
+            }
         }
         let ratio = if v[2].abs() > 1e-9 {
             format!("{:.2}x", v[1] / v[2])
