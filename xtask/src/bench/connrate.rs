@@ -31,7 +31,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use astrogate_lab::{wait_for, Netns};
+use astrogate_lab::{services, Netns};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{
@@ -299,17 +299,7 @@ fn start_proxies(topo: &mut Topology, root: &Path) -> Result<()> {
             }
             Kind::Direct => {}
         }
-        let addr = SocketAddr::new(topo.gw_ip, p.tls);
-        let ns = topo.gw();
-        wait_for(
-            &format!("{name} on {addr}"),
-            Duration::from_secs(10),
-            || {
-                ns.enter(move || std::net::TcpStream::connect(addr).is_ok())
-                    .ok()
-                    .filter(|ok| *ok)
-            },
-        )?;
+        services::wait_listening(topo.gw(), SocketAddr::new(topo.gw_ip, p.tls), &name)?;
     }
     Ok(())
 }

@@ -19,7 +19,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use astrogate_lab::{wait_for, Child, Netns, Veth, Workdir};
+use astrogate_lab::{services, Child, Netns, Veth, Workdir};
 
 use self::tools::{Dest, Servers, HELLO_HOST};
 use crate::util::step;
@@ -451,16 +451,7 @@ to = "{upstream}:9443"
     listening.sort_unstable();
     listening.dedup();
     for port in listening {
-        let addr = SocketAddr::new(topo.gw_ip, port);
-        wait_for(
-            &format!("a benchmark gateway on {addr}"),
-            Duration::from_secs(10),
-            || {
-                ns.enter(move || std::net::TcpStream::connect(addr).is_ok())
-                    .ok()
-                    .filter(|ok| *ok)
-            },
-        )?;
+        services::wait_listening(ns, SocketAddr::new(topo.gw_ip, port), "a benchmark gateway")?;
     }
     if topo.columns.contains(&Config::Tunnel) {
         tunnel::start_client(topo, root)?;

@@ -12,11 +12,10 @@ use std::{
     net::{Ipv4Addr, SocketAddr},
     path::Path,
     sync::{atomic::AtomicBool, Arc},
-    time::Duration,
 };
 
 use anyhow::{Context, Result};
-use astrogate_lab::wait_for;
+use astrogate_lab::services;
 
 use super::{
     median,
@@ -162,17 +161,7 @@ pub fn run(root: &Path, runs: usize, seconds: u64) -> Result<String> {
     }
     let gw = topo.gw_ip;
     for port in [PLAIN, GUARDED] {
-        let addr = SocketAddr::new(gw, port);
-        let ns = topo.gw();
-        wait_for(
-            &format!("a gateway on {addr}"),
-            Duration::from_secs(10),
-            || {
-                ns.enter(move || std::net::TcpStream::connect(addr).is_ok())
-                    .ok()
-                    .filter(|ok| *ok)
-            },
-        )?;
+        services::wait_listening(topo.gw(), SocketAddr::new(gw, port), "a gateway")?;
     }
     let header = proxy_v2_header(SocketAddr::new(gw, GUARDED));
     // (rate, gateway CPU us per connection, machine CPU us per connection) per run.
